@@ -1,0 +1,91 @@
+"""Orbax checkpoints of training states, and the config a workdir records about itself."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or of another architecture; the message says which."""
+
+
+class Checkpoints:
+    """Every-epoch checkpoints of a pytree under `directory`, keeping the latest `keep`.
+
+    Steps are the number of completed epochs. Saving is asynchronous; `close()` waits.
+    """
+
+    def __init__(self, directory: str, keep: int = 3):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, tree) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(tree))
+
+    def restore(self, template, step: int | None = None):
+        """Restore into the structure, shapes and shardings of `template`."""
+        step = self.latest() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        self._check_shapes(template, step)
+        try:
+            return self.manager.restore(step, args=ocp.args.StandardRestore(template))
+        except Exception as e:  # orbax raises many types for damaged files
+            raise CheckpointError(f"cannot restore {self.directory} step {step}: the "
+                                  f"checkpoint looks corrupt ({type(e).__name__}: {e})") from e
+
+    def _check_shapes(self, template, step: int) -> None:
+        try:
+            meta = self.manager.item_metadata(step)
+        except Exception as e:
+            raise CheckpointError(f"cannot read {self.directory} step {step}: the checkpoint "
+                                  f"looks corrupt ({type(e).__name__}: {e})") from e
+        if meta is None:
+            raise CheckpointError(f"{self.directory} step {step} has no readable metadata")
+        want = {jax.tree_util.keystr(p): tuple(np.shape(v))
+                for p, v in jax.tree_util.tree_leaves_with_path(template)}
+        have = {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ()) or ())
+                for p, v in jax.tree_util.tree_leaves_with_path(meta)}
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+        if missing or extra or wrong:
+            lines = ([f"  missing {k}" for k in missing[:5]] + [f"  unexpected {k}" for k in extra[:5]]
+                     + [f"  {k}: checkpoint {have[k]} vs model {want[k]}" for k in wrong[:5]])
+            raise CheckpointError(
+                f"checkpoint {self.directory} step {step} is of another architecture "
+                f"({len(missing)} missing, {len(extra)} unexpected, {len(wrong)} reshaped "
+                f"arrays):\n" + "\n".join(lines))
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+CONFIG_FILE = "config.json"
+
+
+def save_config(workdir: str, defense: str, config: dict) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        json.dump({"defense": defense, "config": config}, f, indent=2, sort_keys=True)
+
+
+def load_config(workdir: str) -> tuple[str, dict]:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{workdir} is not a jaxdefense workdir (no {CONFIG_FILE})")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data["defense"], data["config"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e})") from e

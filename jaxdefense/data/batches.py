@@ -1,0 +1,53 @@
+"""Batching and augmentation in numpy, deterministic from (seed, epoch)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator that fixes an epoch's order and augmentation (so resume is exact)."""
+    return np.random.default_rng([seed, epoch])
+
+
+def crop_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """CIFAR augmentation: random crop of the zero-padded image (pad px) and horizontal flip."""
+    n, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    dy = rng.integers(0, 2 * pad + 1, n)
+    dx = rng.integers(0, 2 * pad + 1, n)
+    rows = dy[:, None] + np.arange(h)[None]            # [n, h]
+    cols = dx[:, None] + np.arange(w)[None]            # [n, w]
+    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    flip = rng.random(n) < 0.5
+    out[flip] = out[flip, :, ::-1]
+    return out
+
+
+def train_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
+                  augment: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled full batches (the remainder is dropped so every step has one shape)."""
+    if len(x) < batch_size:
+        raise ValueError(f"{len(x)} training examples is fewer than one batch of {batch_size}")
+    rng = epoch_rng(seed, epoch)
+    order = rng.permutation(len(x))
+    for i in range(len(x) // batch_size):
+        idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
+        xb = x[idx]
+        if augment:
+            xb = crop_flip(xb, rng)
+        yield xb, y[idx]
+
+
+def padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """Every example once, in order, in fixed-size batches: (x, y, mask); padding has mask 0."""
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        n = len(xb)
+        mask = np.zeros(batch_size, bool)
+        mask[:n] = True
+        if n < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
+            yb = np.concatenate([yb, np.zeros((batch_size - n,), yb.dtype)])
+        yield xb, yb, mask

@@ -1,0 +1,18 @@
+"""Flax models. All take float32 NHWC images in pixel units and normalize internally."""
+from __future__ import annotations
+
+from jaxdefense.models.lenet import LeNet5
+from jaxdefense.models.vae import LVCVAE
+from jaxdefense.models.wide_resnet import WideResNet
+
+CLASSIFIERS = {"lenet5": LeNet5, "wide_resnet": WideResNet}
+
+
+def build_classifier(arch: str, **kwargs):
+    """A classifier by name ('lenet5', 'wide_resnet') with module attributes as kwargs."""
+    if arch not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {arch!r}; choose one of {sorted(CLASSIFIERS)}")
+    return CLASSIFIERS[arch](**kwargs)
+
+
+__all__ = ["LeNet5", "LVCVAE", "WideResNet", "CLASSIFIERS", "build_classifier"]

@@ -1,0 +1,60 @@
+"""Figures written next to a run's metrics (matplotlib, Agg backend, PNG)."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _show(ax, img):
+    img = np.asarray(img, np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    img = (img - lo) / (hi - lo + 1e-8)                  # per-image contrast stretch
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def image_rows(path: str, rows: dict, title: str = "", n: int = 8) -> str:
+    """One row per named image batch (e.g. original / x_u / x_r, the GRFD paper's Fig. 3).
+
+    Each image is contrast-stretched on its own, since x_r is not in [0, 1].
+    """
+    n = min(n, *(len(v) for v in rows.values()))
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        for c in range(n):
+            _show(axes[r, c], imgs[c])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def pca_2d(z: np.ndarray) -> np.ndarray:
+    """Project rows of z onto their first two principal components."""
+    z = z - z.mean(0)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    return z @ vt[:2].T
+
+
+def latent_scatter(path: str, z: np.ndarray, labels: np.ndarray, title: str = "") -> str:
+    """2-D PCA of latent codes coloured by class (the GRFD paper's Fig. 2)."""
+    p = pca_2d(np.asarray(z, np.float64))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    sc = ax.scatter(p[:, 0], p[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "nipy_spectral",
+                    s=6, alpha=0.8)
+    if labels.max() < 10:
+        ax.legend(*sc.legend_elements(), loc="best", fontsize=7, title="class")
+    ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2"), ax.set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

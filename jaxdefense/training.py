@@ -1,0 +1,124 @@
+"""The training harness every defense uses: loop, sharding, checkpoints, progress, metrics.
+
+A defense brings `step(state, batch, key, hparams) -> (state, metrics)`: pure, jit-able,
+metrics a dict of scalars. `fit` shuffles deterministically from (seed, epoch), derives the
+step key from (seed, state.step), saves a checkpoint after every epoch and resumes from the
+latest one, so a killed run continues to the same parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from jaxdefense.checkpoint import Checkpoints
+from jaxdefense.data import train_batches
+from jaxdefense.sharding import replicate, shard_batch
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None
+
+
+def cosine_per_epoch(lr: float, lr_min: float, period: int, steps_per_epoch: int):
+    """torch CosineAnnealingLR(T_max=period, eta_min=lr_min) stepped once per epoch.
+
+    Past `period` epochs the cosine continues, so the rate climbs back to `lr` at 2*period.
+    """
+    def schedule(step):
+        epoch = step // steps_per_epoch
+        return lr_min + (lr - lr_min) * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / period))
+    return schedule
+
+
+def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW (betas 0.9/0.999) with the per-epoch cosine schedule of `cfg`."""
+    return optax.adamw(cosine_per_epoch(cfg.lr, cfg.lr_min, cfg.lr_period, steps_per_epoch),
+                       b1=0.9, b2=0.999, weight_decay=cfg.weight_decay)
+
+
+def classifier_step(model):
+    """Cross-entropy training step for a flax classifier `model(x, train)`."""
+    def loss_fn(params, batch_stats, x, y, key):
+        logits, mutated = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                      train=True, rngs={"dropout": key}, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return loss, (mutated["batch_stats"], dict(loss=loss, acc=acc))
+
+    def step(state, batch, key, hparams):
+        x, y = batch
+        grads, (bs, metrics) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, x, y, key)
+        return state.apply_gradients(grads=grads, batch_stats=bs), metrics
+    return step
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epochs: int,
+        batch_size: int, seed: int, ckpt_dir: str, phase: str, augment: bool = False,
+        hparams_fn: Callable[[int], dict] = lambda epoch: {},
+        eval_fn: Callable[[TrainState], dict] | None = None, eval_every: int = 1,
+        metrics_path: str | None = None, keep: int = 3,
+        stop_after_epochs: int | None = None, progress: bool = True) -> TrainState:
+    """Train `state` for `epochs` epochs over (x, y), resuming from `ckpt_dir` if possible.
+
+    hparams_fn(epoch) gives per-epoch scalars (e.g. GRFD's alpha) passed as arrays, so they
+    never trigger a recompile. stop_after_epochs leaves early (a later call resumes).
+    """
+    ckpts = Checkpoints(ckpt_dir, keep)
+    start = ckpts.latest() or 0
+    state = replicate(state)
+    if start:
+        state = ckpts.restore(state)
+    base_key = jax.random.key(seed)
+
+    def keyed_step(state, batch, hparams):
+        return step(state, batch, jax.random.fold_in(base_key, state.step), hparams)
+    jstep = jax.jit(keyed_step, donate_argnums=(0,))
+
+    steps_per_epoch = len(x) // batch_size
+    last = epochs if stop_after_epochs is None else min(epochs, start + stop_after_epochs)
+    for epoch in range(start, last):
+        hparams = {k: jnp.float32(v) for k, v in hparams_fn(epoch).items()}
+        bar = tqdm(train_batches(x, y, batch_size, seed, epoch, augment), total=steps_per_epoch,
+                   desc=f"{phase} {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        history, t0 = [], time.perf_counter()
+        for i, batch in enumerate(bar):
+            state, metrics = jstep(state, shard_batch(batch), hparams)
+            history.append(metrics)
+            if i % 10 == 0 or i == steps_per_epoch - 1:
+                shown = {k: f"{float(v):.3g}" for k, v in metrics.items()}
+                shown["img/s"] = f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}"
+                bar.set_postfix(shown, refresh=False)
+        seconds = time.perf_counter() - t0
+        means = {k: float(v) for k, v in jax.tree.map(lambda *a: jnp.mean(jnp.stack(a)),
+                                                       *history).items()}
+        record = dict(phase=phase, epoch=epoch + 1, train=means, seconds=round(seconds, 3),
+                      images_per_s=round(steps_per_epoch * batch_size / seconds, 1),
+                      **{k: float(v) for k, v in hparams.items()})
+        if eval_fn is not None and (epoch + 1 == epochs or
+                                    (eval_every and (epoch + 1) % eval_every == 0)):
+            record["eval"] = eval_fn(state)
+        ckpts.save(epoch + 1, state)
+        if metrics_path:
+            append_jsonl(metrics_path, record)
+        if progress:
+            summary = " ".join(f"{k}={v:.4g}" for k, v in means.items())
+            ev = " ".join(f"{k}={v:.4g}" for k, v in record.get("eval", {}).items())
+            tqdm.write(f"{phase} epoch {epoch + 1}/{epochs} ({seconds:.1f}s): {summary} {ev}")
+    ckpts.close()
+    return state
