@@ -147,7 +147,7 @@ def make_generator_step(cfg: GRFDConfig):
         x, y = batch
         grads, (new_bs, metrics) = jax.grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, x, y, key, hparams["alpha"])
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return state.apply_gradients(grads=grads, batch_stats=new_bs), metrics
 
     return step

@@ -1,0 +1,159 @@
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxdefense.defenses import grfd
+from jaxdefense.defenses.grfd_config import GRFDConfig, preset
+from jaxdefense.training import classifier_step, cosine_per_epoch
+
+
+class Linear(nn.Module):
+    """logits = W vec(x) + b, accepting the harness's train/rng keywords."""
+    classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return nn.Dense(self.classes)(x.reshape(x.shape[0], -1))
+
+
+class Smooth(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = jnp.tanh(nn.Dense(5)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(3)(h)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_rb_loss_matches_hand_computation_on_linear_model():
+    key = jax.random.key(0)
+    x_r = jax.random.normal(key, (4, 2, 2, 1))
+    y = jnp.array([0, 1, 2, 1])
+    model = Linear()
+    variables = model.init(key, x_r)
+    std = 0.5
+    got = grfd.robustness_loss(model, variables, x_r, x_r, y, jax.random.key(7), 2, std)
+
+    # by hand: grad_x CE(Wx + b, y) = W^T (softmax - onehot); same noise draws as the code
+    w = np.asarray(variables["params"]["Dense_0"]["kernel"])      # [in, classes]
+    b = np.asarray(variables["params"]["Dense_0"]["bias"])
+    k_noise, _ = jax.random.split(jax.random.key(7))
+    noise = np.asarray(jax.random.normal(k_noise, (2, *x_r.shape))) * std
+    xf = np.asarray(x_r).reshape(4, -1)
+    onehot = np.eye(3)[np.asarray(y)]
+    grad = lambda xv: (_softmax(xv @ w + b) - onehot) @ w.T
+    g0 = grad(xf)
+    cos = []
+    for k in range(2):
+        g1 = grad(xf + noise[k].reshape(4, -1))
+        cos.append((g0 * g1).sum(1) / (np.linalg.norm(g0, axis=1) * np.linalg.norm(g1, axis=1)))
+    np.testing.assert_allclose(np.asarray(got), -np.mean(cos, 0), rtol=1e-4, atol=1e-5)
+
+
+def test_rb_loss_second_order_gradient_matches_finite_differences():
+    model = Smooth()
+    x = jax.random.normal(jax.random.key(1), (2, 2, 2, 1))
+    y = jnp.array([0, 2])
+    variables = model.init(jax.random.key(2), x)
+    f = lambda xr: grfd.robustness_loss(model, variables, xr, xr, y, jax.random.key(3), 2,
+                                        0.3).sum()
+    with jax.enable_x64(True) if hasattr(jax, "enable_x64") else jax.experimental.enable_x64():
+        check_grads(f, (x.astype(jnp.float64),), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
+
+
+def test_rb_loss_is_minus_one_without_noise():
+    model = Linear()
+    x = jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
+    v = model.init(jax.random.key(1), x)
+    got = grfd.robustness_loss(model, v, x, x, jnp.array([0, 1, 2]), jax.random.key(2), 3, 0.0)
+    np.testing.assert_allclose(got, -1.0, rtol=1e-5)
+
+
+def test_kl_and_cosine_values():
+    np.testing.assert_allclose(grfd.gaussian_kl(jnp.zeros((2, 4)), jnp.zeros((2, 4))), 0.0)
+    mu = jnp.array([[1.0, 0.0]])
+    np.testing.assert_allclose(grfd.gaussian_kl(mu, jnp.zeros((1, 2))), [0.25], rtol=1e-6)
+    a = jnp.array([[1.0, 0.0], [1.0, 1.0]])
+    b = jnp.array([[0.0, 2.0], [2.0, 2.0]])
+    np.testing.assert_allclose(grfd.cosine_per_sample(a, b), [0.0, 1.0], atol=1e-6)
+
+
+def test_alpha_thirds_and_torch_cosine_schedule():
+    cfg = GRFDConfig(epochs=150)
+    assert [cfg.alpha_at(e) for e in (0, 49, 50, 99, 100, 149)] == [10, 10, 5, 5, 1, 1]
+    sched = cosine_per_epoch(1e-3, 1e-4, 50, steps_per_epoch=10)
+    torch_like = lambda e: 1e-4 + (1e-3 - 1e-4) * (1 + math.cos(math.pi * e / 50)) / 2
+    for epoch in (0, 1, 25, 50, 75, 100, 149):
+        assert float(sched(epoch * 10 + 3)) == pytest.approx(torch_like(epoch), rel=1e-5)
+    assert float(sched(500)) == pytest.approx(1e-4) and float(sched(1000)) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("clean_at", ["x_r", "x_u"])
+def test_one_generator_step_updates_everything(tiny_cfg, clean_at):
+    cfg = preset("digits", smoke=True, z_dim=8, vae_base=4, lenet_width=0.25, rb_samples=2,
+                 rb_clean_at=clean_at)
+    state = grfd.init_generator_state(cfg, jax.random.key(0), 10)
+    x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+    y = jnp.arange(8) % 10
+    step = jax.jit(grfd.make_generator_step(cfg))
+    new, metrics = step(state, (x, y), jax.random.key(2), {"alpha": jnp.float32(10.0)})
+    for k in ("loss", "l_rc", "l_kl", "l_rf", "l_cl", "l_rb"):
+        assert np.isfinite(float(metrics[k])), k
+    assert -1.0 <= float(metrics["l_rb"]) <= 1.0
+    for part in ("vae", "rsm"):           # the one optimizer step reaches VAE, head and RSM
+        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params[part],
+                               new.params[part])
+        assert all(jax.tree.leaves(changed)), part
+    assert int(new.step) == 1
+
+
+def test_rb_gradient_reaches_vae_through_x_r():
+    """With only delta > 0, the VAE still gets gradient: L_rb depends on x_r = x - G(x)."""
+    cfg = preset("digits", smoke=True, z_dim=8, vae_base=4, lenet_width=0.25, alpha="0",
+                 beta=0.0, epsilon=0.0, gamma=0.0, delta=1.0)
+    state = grfd.init_generator_state(cfg, jax.random.key(0), 10)
+    x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+    new, m = jax.jit(grfd.make_generator_step(cfg))(state, (x, jnp.arange(8)), jax.random.key(2),
+                                                    {"alpha": jnp.float32(0.0)})
+    dec = new.params["vae"]["decoder"]
+    assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                                            state.params["vae"]["decoder"], dec)))
+
+
+def test_one_target_step_and_served_pipeline():
+    cfg = preset("digits", smoke=True, z_dim=8, vae_base=4, lenet_width=0.25)
+    gen = grfd.init_generator_state(cfg, jax.random.key(0), 10)
+    tgt = grfd.init_target_state(cfg, jax.random.key(1), 10)
+    x = jax.random.uniform(jax.random.key(2), (8, 28, 28, 1))
+    y = jnp.arange(8) % 10
+    new, metrics = jax.jit(classifier_step(grfd.make_classifier(cfg)))(
+        tgt, (x, y), jax.random.key(3), {})
+    assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+    vae_vars = grfd.generator_variables(gen)
+    tv = {"params": new.params, "batch_stats": new.batch_stats}
+    logits_fn = grfd.make_defended_logits_fn(cfg, vae_vars, tv)
+    chex.assert_shape(logits_fn(x), (8, 10))
+    x_u, x_r = grfd.make_disentangle_fn(cfg, vae_vars)(x)
+    np.testing.assert_allclose(x_u + x_r, x, atol=1e-6)
+    g = jax.grad(lambda xi: logits_fn(xi)[:, 0].sum())(x)   # differentiable end to end
+    assert float(jnp.abs(g).sum()) > 0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="rb_clean_at"):
+        GRFDConfig(rb_clean_at="x").validate()
+    with pytest.raises(ValueError, match="alpha"):
+        GRFDConfig(alpha="1,2").validate()
+    with pytest.raises(ValueError, match="unknown dataset"):
+        GRFDConfig(dataset="svhn").validate()
+    with pytest.raises(ValueError, match="no GRFD preset"):
+        preset("svhn")
