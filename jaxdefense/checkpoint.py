@@ -22,7 +22,8 @@ class Checkpoints:
     def __init__(self, directory: str, keep: int = 3):
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler())
 
     def latest(self) -> int | None:
         return self.manager.latest_step()
@@ -50,9 +51,9 @@ class Checkpoints:
                                   f"looks corrupt ({type(e).__name__}: {e})") from e
         if meta is None:
             raise CheckpointError(f"{self.directory} step {step} has no readable metadata")
-        want = {jax.tree_util.keystr(p): tuple(np.shape(v))
+        want = {_path(p): tuple(np.shape(v))
                 for p, v in jax.tree_util.tree_leaves_with_path(template)}
-        have = {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ()) or ())
+        have = {_path(p): tuple(getattr(v, "shape", ()) or ())
                 for p, v in jax.tree_util.tree_leaves_with_path(meta)}
         missing = sorted(set(want) - set(have))
         extra = sorted(set(have) - set(want))
@@ -68,6 +69,12 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _path(keys) -> str:
+    """'a/b/0' for a key path, whether it runs through attributes, dict keys or indices."""
+    parts = (getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+    return "/".join(str(p) for p in parts)
 
 
 CONFIG_FILE = "config.json"

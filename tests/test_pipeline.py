@@ -1,0 +1,94 @@
+"""The three phases end to end on tiny models: served model, checkpoints, resume, errors."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jaxdefense
+from jaxdefense import data
+from jaxdefense.checkpoint import CheckpointError
+from jaxdefense.defenses.grfd_train import train_and_evaluate
+from tests.conftest import run_env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from jaxdefense.defenses.grfd_config import preset
+    cfg = preset("digits", smoke=True, workdir=str(tmp_path_factory.mktemp("w") / "run"),
+                 limit_train=128, limit_eval=64, batch_size=32, z_dim=8, vae_base=4,
+                 lenet_width=0.25, attack_examples=32, epochs=2)
+    return cfg, train_and_evaluate(cfg, progress=False)
+
+
+def test_run_writes_report_metrics_and_figures(trained):
+    cfg, report = trained
+    for k in ("clean_acc", "fgsm_acc", "pgd_acc"):
+        assert 0.0 <= report[k] <= 1.0
+    assert report["pgd_acc"] <= report["clean_acc"]
+    lines = [json.loads(l) for l in open(os.path.join(cfg.workdir, "metrics.jsonl"))]
+    assert [l["phase"] for l in lines] == ["generator"] * 2 + ["target"] * 2 + ["report"]
+    assert lines[0]["alpha"] == 10.0 and "l_rb" in lines[0]["train"]
+    for fig in ("reconstructions.png", "latent.png"):
+        assert os.path.getsize(os.path.join(cfg.workdir, "figures", fig)) > 1000
+
+
+def test_load_in_fresh_process_gives_identical_logits(trained):
+    cfg, report = trained
+    x = data.load("digits", "test").x[:16]
+    model = jaxdefense.load(cfg.workdir)
+    here = np.asarray(model(x))
+    out = os.path.join(cfg.workdir, "fresh.npy")
+    code = ("import numpy as np, jaxdefense; from jaxdefense import data;"
+            f"m = jaxdefense.load({cfg.workdir!r});"
+            f"np.save({out!r}, np.asarray(m(data.load('digits','test').x[:16])))")
+    subprocess.run([sys.executable, "-c", code], check=True, env=run_env(1))
+    np.testing.assert_array_equal(np.load(out), here)
+    test = data.load("digits", "test").take(cfg.limit_eval)
+    assert np.mean(model.predict(test.x) == test.y) == pytest.approx(report["clean_acc_full_eval"])
+    with pytest.raises(ValueError, match="expected images of shape"):
+        model(np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_resume_reaches_same_parameters(trained, tmp_path):
+    cfg, _ = trained
+    interrupted = dataclasses.replace(cfg, workdir=str(tmp_path / "resumed"), stop_after_epochs=1)
+    assert train_and_evaluate(interrupted, progress=False)["stopped"] == "generator"
+    assert train_and_evaluate(interrupted, progress=False)["stopped"] == "target"
+    train_and_evaluate(dataclasses.replace(interrupted, stop_after_epochs=None), progress=False)
+    x = data.load("digits", "test").x[:16]
+    np.testing.assert_array_equal(np.asarray(jaxdefense.load(interrupted.workdir)(x)),
+                                  np.asarray(jaxdefense.load(cfg.workdir)(x)))
+
+
+def test_workdir_of_other_settings_is_refused(trained):
+    cfg, _ = trained
+    with pytest.raises(ValueError, match="use a new --workdir"):
+        train_and_evaluate(dataclasses.replace(cfg, z_dim=16), progress=False)
+
+
+def test_checkpoint_of_other_architecture_and_corrupt_checkpoint(trained, tmp_path):
+    cfg, _ = trained
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(cfg.workdir, other)
+    conf = json.load(open(other / "config.json"))
+    conf["config"]["z_dim"] = 16
+    json.dump(conf, open(other / "config.json", "w"))
+    with pytest.raises(CheckpointError, match="another architecture"):
+        jaxdefense.load(str(other))
+
+    broken = tmp_path / "broken"
+    shutil.copytree(cfg.workdir, broken)
+    for root, _, files in os.walk(broken / "target"):
+        for f in files:
+            if f != "_CHECKPOINT_METADATA":
+                with open(os.path.join(root, f), "wb") as fh:
+                    fh.write(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        jaxdefense.load(str(broken))
+    with pytest.raises(CheckpointError, match="not a jaxdefense workdir"):
+        jaxdefense.load(str(tmp_path))
