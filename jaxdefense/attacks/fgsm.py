@@ -14,6 +14,7 @@ def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce"):
     """x + eps * sign(grad loss), clipped to [0, 1]. `key` is unused (FGSM is deterministic)."""
     check_budget(eps)
     check_images(x, y)
+    get_loss(loss)
     return _fgsm(logits_fn, x, y, jnp.float32(eps), loss)
 
 
