@@ -157,3 +157,25 @@ def test_config_validation():
         GRFDConfig(dataset="svhn").validate()
     with pytest.raises(ValueError, match="no GRFD preset"):
         preset("svhn")
+
+
+@pytest.mark.parametrize("dataset,dtype", [("cifar10", "float32"), ("digits", "bfloat16")])
+def test_generator_step_on_cifar_models_and_bf16(dataset, dtype):
+    """The CIFAR preset's WRN + residual VAE (tiny), and bf16 compute with float32 params."""
+    cfg = preset(dataset, smoke=True, z_dim=8, vae_base=4, dtype=dtype)
+    state = grfd.init_generator_state(cfg, jax.random.key(0), 10)
+    shape = (4, 32, 32, 3) if dataset == "cifar10" else (4, 28, 28, 1)
+    x = jax.random.uniform(jax.random.key(1), shape)
+    new, m = jax.jit(grfd.make_generator_step(cfg))(state, (x, jnp.arange(4)), jax.random.key(2),
+                                                    {"alpha": jnp.float32(10.0)})
+    assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["l_rb"]))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(new.params))
+
+
+def test_train_fraction_and_limits():
+    from jaxdefense.defenses.grfd_train import load_data
+    cfg = preset("digits", limit_train=400, train_fraction=0.25, limit_eval=50)
+    train, test = load_data(cfg)
+    assert len(train) == 100 and len(test) == 50
+    again, _ = load_data(cfg)
+    np.testing.assert_array_equal(train.y, again.y)

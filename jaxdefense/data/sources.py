@@ -182,8 +182,9 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
     import tensorflow_datasets as tfds
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        hint = (f"pass --data_dir=DIR with prepared tfds data, MNIST idx.gz files, or "
-                f"'{split}.npz' (arrays x, y); or use --dataset=digits, which ships with the package")
+        files = "MNIST idx.gz files, " if name == "mnist" else ""
+        hint = (f"pass --data_dir=DIR with prepared tfds data, {files}or '{split}.npz' "
+                f"(arrays x, y); or use --dataset=digits, which ships with the package")
         if not _online():
             raise DatasetError(f"{name}: not prepared under {builder.data_dir!r} and this "
                                f"machine is offline; {hint}")
