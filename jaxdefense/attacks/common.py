@@ -30,11 +30,42 @@ def project_linf(x_adv, x, eps):
     return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
 
 
-def loss_and_grad(logits_fn, loss_fn, x, y):
-    """Per-sample loss [B] and the gradient of its sum w.r.t. x (per-sample gradients)."""
-    def total(xa):
-        logits = logits_fn(xa)
-        losses = loss_fn(logits, y)
-        return losses.sum(), (losses, logits)
-    (_, (losses, logits)), g = jax.value_and_grad(total, has_aux=True)(x)
-    return losses, logits, g
+def call_logits(logits_fn, x, key=None, stochastic: bool = False):
+    """logits_fn(x), or logits_fn(x, key) for a model with randomness (stochastic=True)."""
+    return logits_fn(x, key) if stochastic else logits_fn(x)
+
+
+def loss_and_grad(logits_fn, loss_fn, x, y, key=None, eot_samples: int = 1,
+                  stochastic: bool = False):
+    """Per-sample loss [B], logits and the gradient of the summed loss w.r.t. x.
+
+    With stochastic=True the model is called as logits_fn(x, key) for `eot_samples` keys
+    split from `key` (vmapped) and loss, logits and gradient are averaged over the draws
+    (Expectation over Transformation). Summing per-sample losses keeps gradients per sample.
+    """
+    def one(k):
+        def total(xa):
+            logits = call_logits(logits_fn, xa, k, stochastic)
+            losses = loss_fn(logits, y)
+            return losses.sum(), (losses, logits)
+        (_, (losses, logits)), g = jax.value_and_grad(total, has_aux=True)(x)
+        return losses, logits, g
+
+    if not stochastic:
+        return one(None)
+    out = jax.vmap(one)(jax.random.split(key, eot_samples))
+    return jax.tree.map(lambda a: jnp.mean(a, axis=0), out)
+
+
+def keep_best(x_new, losses, fooled, best):
+    """Per sample, replace (best_x, best_loss, best_fooled) by the new point when it fools
+    the model and the best does not, or both agree on fooling and its loss is higher."""
+    bx, bl, bf = best
+    upd = (fooled & ~bf) | ((fooled == bf) & (losses > bl))
+    shape = (-1,) + (1,) * (x_new.ndim - 1)
+    return (jnp.where(upd.reshape(shape), x_new, bx), jnp.where(upd, losses, bl),
+            jnp.where(upd, fooled, bf))
+
+
+def init_best(x):
+    return x, jnp.full((x.shape[0],), -jnp.inf), jnp.zeros((x.shape[0],), bool)

@@ -31,3 +31,14 @@ def get_loss(name: str):
     if name not in LOSSES:
         raise ValueError(f"unknown attack loss {name!r}; choose one of {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+def dlr_targeted(logits, y, target):
+    """Targeted DLR (Croce & Hein 2020): -(z_y - z_t) / (z_1 - (z_3 + z_4) / 2); [B].
+
+    Needs at least 4 classes; maximizing it moves the prediction toward `target`.
+    """
+    s = jnp.sort(logits, axis=1)
+    z_y = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    z_t = jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
+    return -(z_y - z_t) / (s[:, -1] - 0.5 * (s[:, -3] + s[:, -4]) + 1e-12)

@@ -1,7 +1,8 @@
-"""Linf PGD (Madry et al. 2018) as one compiled `lax` loop; returns the best point per sample.
+"""Linf PGD (Madry et al. 2018) and EOT-PGD, as one compiled `lax` loop.
 
-"Best" means: an iterate that fools the model beats one that does not; among equals the
-higher loss wins. Restarts draw new uniform starts and keep the per-sample best.
+Returns the best point per sample, not the last iterate: an iterate that fools the model
+beats one that does not; among equals the higher loss wins. Restarts draw new uniform
+starts and keep the per-sample best.
 """
 from __future__ import annotations
 
@@ -10,55 +11,66 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxdefense.attacks.common import check_budget, check_images, loss_and_grad, project_linf
+from jaxdefense.attacks.common import (call_logits, check_budget, check_images, init_best,
+                                       keep_best, loss_and_grad, project_linf)
 from jaxdefense.attacks.losses import get_loss
 
 
 def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, steps: int = 10,
-        random_start: bool = True, restarts: int = 1, loss: str = "ce"):
-    """Untargeted Linf PGD. step_size defaults to 2.5 * eps / steps (Madry et al.)."""
+        random_start: bool = True, restarts: int = 1, loss: str = "ce",
+        eot_samples: int = 1, stochastic: bool = False):
+    """Untargeted Linf PGD. step_size defaults to 2.5 * eps / steps (Madry et al.).
+
+    loss: 'ce', 'margin' (C&W-Linf) or 'dlr'. stochastic=True calls logits_fn(x, key) and
+    averages gradients over eot_samples draws per step (see `eotpgd`).
+    """
     check_budget(eps, steps=steps)
     step_size = 2.5 * eps / steps if step_size is None else step_size
     check_budget(eps, step_size, steps)
     check_images(x, y)
     get_loss(loss)
-    if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}")
+    if restarts < 1 or eot_samples < 1:
+        raise ValueError(f"restarts and eot_samples must be >= 1, got {restarts}, {eot_samples}")
     return _pgd(logits_fn, x, y, key, jnp.float32(eps), jnp.float32(step_size), steps,
-                random_start, restarts, loss)
+                random_start, restarts, loss, eot_samples, stochastic)
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "steps", "random_start", "restarts", "loss"))
-def _pgd(logits_fn, x, y, key, eps, step_size, steps, random_start, restarts, loss):
+def eotpgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None,
+           steps: int = 10, eot_samples: int = 10, random_start: bool = True,
+           restarts: int = 1, loss: str = "ce"):
+    """PGD on a randomized model `logits_fn(x, key)`: each step's gradient is the mean over
+    `eot_samples` vmapped draws of the model's randomness (Athalye et al. 2018)."""
+    return pgd(logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps,
+               random_start=random_start, restarts=restarts, loss=loss,
+               eot_samples=eot_samples, stochastic=True)
+
+
+@partial(jax.jit, static_argnames=("logits_fn", "steps", "random_start", "restarts", "loss",
+                                   "eot_samples", "stochastic"))
+def _pgd(logits_fn, x, y, key, eps, step_size, steps, random_start, restarts, loss,
+         eot_samples, stochastic):
     loss_fn = get_loss(loss)
-    b = x.shape[0]
-    bcast = lambda v: v.reshape((b,) + (1,) * (x.ndim - 1))
 
-    def keep_best(xa, losses, logits, best):
-        """Per sample, replace the best point by xa if xa fools the model and the best does
-        not, or if both agree on fooling and xa has the higher loss."""
-        bx, bl, bf = best
-        fooled = jnp.argmax(logits, axis=1) != y
-        upd = (fooled & ~bf) | ((fooled == bf) & (losses > bl))
-        return (jnp.where(bcast(upd), xa, bx), jnp.where(upd, losses, bl),
-                jnp.where(upd, fooled, bf))
+    def evaluate(xa, k):
+        return loss_and_grad(logits_fn, loss_fn, xa, y, k, eot_samples, stochastic)
 
-    def one_run(carry, run_key):
+    def one_run(best, run_key):
+        k_start, k_steps = jax.random.split(run_key)
         x0 = x
         if random_start:
-            x0 = project_linf(x + jax.random.uniform(run_key, x.shape, minval=-eps, maxval=eps),
+            x0 = project_linf(x + jax.random.uniform(k_start, x.shape, minval=-eps, maxval=eps),
                               x, eps)
 
-        def body(_, state):
+        def body(i, state):
             xa, best = state
-            losses, logits, g = loss_and_grad(logits_fn, loss_fn, xa, y)
-            best = keep_best(xa, losses, logits, best)
+            losses, logits, g = evaluate(xa, jax.random.fold_in(k_steps, i))
+            best = keep_best(xa, losses, jnp.argmax(logits, 1) != y, best)
             return project_linf(xa + step_size * jnp.sign(g), x, eps), best
 
-        xa, best = jax.lax.fori_loop(0, steps, body, (x0, carry))
-        logits = logits_fn(xa)   # the last iterate is a candidate too
-        return keep_best(xa, loss_fn(logits, y), logits, best), None
+        xa, best = jax.lax.fori_loop(0, steps, body, (x0, best))
+        # the last iterate is a candidate too
+        logits = call_logits(logits_fn, xa, jax.random.fold_in(k_steps, steps), stochastic)
+        return keep_best(xa, loss_fn(logits, y), jnp.argmax(logits, 1) != y, best), None
 
-    init = (x, jnp.full((b,), -jnp.inf), jnp.zeros((b,), bool))
-    (best_x, _, _), _ = jax.lax.scan(one_run, init, jax.random.split(key, restarts))
+    (best_x, _, _), _ = jax.lax.scan(one_run, init_best(x), jax.random.split(key, restarts))
     return best_x

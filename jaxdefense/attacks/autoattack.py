@@ -1,0 +1,59 @@
+"""AutoAttack-style ensemble (Croce & Hein 2020): the per-sample worst case of several
+attacks, each run only where the model is still right.
+
+'standard': APGD-CE, APGD-T (9 targets), Square (5000 queries). FAB-T is not included.
+'rand' (randomized defenses, logits_fn(x, key)): APGD-CE and APGD-DLR with 20 EOT draws.
+Batches keep one shape: points already fooled are masked, not removed, so nothing
+recompiles; an attack is skipped once no point is left.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxdefense.attacks.apgd import apgd, apgd_targeted
+from jaxdefense.attacks.common import call_logits, check_budget, check_images
+from jaxdefense.attacks.square import square
+
+
+def components(version: str, eps: float, steps: int, n_target_classes: int,
+               square_queries: int, eot_samples: int):
+    """The (name, attack) list of a version; each attack is `fn(logits_fn, x, y, key)`."""
+    if version == "standard":
+        return [
+            ("apgd-ce", lambda f, x, y, k: apgd(f, x, y, k, eps=eps, steps=steps, loss="ce")),
+            ("apgd-t", lambda f, x, y, k: apgd_targeted(f, x, y, k, eps=eps, steps=steps,
+                                                         n_target_classes=n_target_classes)),
+            ("square", lambda f, x, y, k: square(f, x, y, k, eps=eps, n_queries=square_queries)),
+        ]
+    if version == "rand":
+        return [(f"apgd-{loss}", lambda f, x, y, k, loss=loss: apgd(
+            f, x, y, k, eps=eps, steps=steps, loss=loss, eot_samples=eot_samples,
+            stochastic=True)) for loss in ("ce", "dlr")]
+    raise ValueError(f"unknown AutoAttack version {version!r}; choose 'standard' or 'rand'")
+
+
+def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "standard",
+               steps: int = 100, n_target_classes: int = 9, square_queries: int = 5000,
+               eot_samples: int = 20, return_log: bool = False):
+    """x_adv where some attack fooled the model, else x. With return_log, also
+    {attack: robust accuracy after it} (cumulative, over this batch)."""
+    check_budget(eps, steps=steps)
+    check_images(x, y)
+    stochastic = version == "rand"
+    predict = jax.jit(lambda xa, k: jnp.argmax(call_logits(logits_fn, xa, k, stochastic), 1))
+    robust = predict(x, key) == y
+    x_adv = x
+    log = {"clean": float(jnp.mean(robust))}
+    for i, (name, attack) in enumerate(components(version, eps, steps, n_target_classes,
+                                                   square_queries, eot_samples)):
+        if not bool(jnp.any(robust)):
+            log[name] = 0.0
+            continue
+        k = jax.random.fold_in(key, i)
+        cand = attack(logits_fn, x, y, k)
+        fooled = robust & (predict(cand, jax.random.fold_in(k, 1)) != y)
+        x_adv = jnp.where(fooled.reshape(-1, 1, 1, 1), cand, x_adv)
+        robust = robust & ~fooled
+        log[name] = float(jnp.mean(robust))
+    return (x_adv, log) if return_log else x_adv

@@ -1,0 +1,143 @@
+"""APGD, APGD-T, Square, VMI-FGSM, EOT-PGD, AutoAttack and BPDA on small models."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxdefense import attacks
+from jaxdefense.attacks.apgd import checkpoint_schedule
+
+W = jax.random.normal(jax.random.key(0), (4 * 4 * 1, 10))
+
+
+def net(x):
+    """A small nonlinear 10-class model whose CE saturates (tanh-bounded logits)."""
+    return 3.0 * jnp.tanh(x.reshape(x.shape[0], -1) @ W)
+
+
+def noisy_net(x, key):
+    return net(x + 0.02 * jax.random.normal(key, x.shape))
+
+
+def _data(n=32, seed=1):
+    x = jax.random.uniform(jax.random.key(seed), (n, 4, 4, 1))
+    return x, jnp.argmax(net(x), 1)
+
+
+def acc(x, y):
+    return float(jnp.mean(jnp.argmax(net(x), 1) == y))
+
+
+ALL = {
+    "fgsm": lambda x, y, k, e: attacks.fgsm(net, x, y, k, eps=e),
+    "pgd": lambda x, y, k, e: attacks.pgd(net, x, y, k, eps=e, steps=3),
+    "eotpgd": lambda x, y, k, e: attacks.eotpgd(noisy_net, x, y, k, eps=e, steps=3, eot_samples=2),
+    "vmifgsm": lambda x, y, k, e: attacks.vmifgsm(net, x, y, k, eps=e, step_size=e / 2, steps=3),
+    "apgd": lambda x, y, k, e: attacks.apgd(net, x, y, k, eps=e, steps=5, loss="dlr"),
+    "apgd_targeted": lambda x, y, k, e: attacks.apgd_targeted(net, x, y, k, eps=e, steps=5,
+                                                              n_target_classes=2),
+    "square": lambda x, y, k, e: attacks.square(net, x, y, k, eps=e, n_queries=20),
+    "autoattack": lambda x, y, k, e: attacks.autoattack(net, x, y, k, eps=e, steps=5,
+                                                        n_target_classes=2, square_queries=20),
+}
+
+
+@settings(max_examples=4, deadline=None)
+@given(eps=st.floats(0.0, 0.4), seed=st.integers(0, 50))
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_every_attack_respects_eps_ball_and_box(name, eps, seed):
+    x, y = _data(8, seed)
+    adv = ALL[name](x, y, jax.random.key(seed), eps)
+    assert adv.shape == x.shape
+    assert float(jnp.max(jnp.abs(adv - x))) <= eps + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+
+
+def test_apgd_checkpoints_match_reference_schedule():
+    is_check, length = checkpoint_schedule(100)
+    assert list(np.nonzero(is_check)[0]) == [21, 40, 56, 69, 79, 86, 92, 98]
+    assert list(length[is_check]) == [22, 19, 16, 13, 10, 7, 6, 6]
+
+
+def test_apgd_at_most_pgd_on_same_budget_and_ensemble_is_worst_case():
+    x, y = _data(64)
+    key = jax.random.key(3)
+    eps = 0.08
+    a_pgd = acc(attacks.pgd(net, x, y, key, eps=eps, steps=100, step_size=eps / 10), y)
+    a_apgd = acc(attacks.apgd(net, x, y, key, eps=eps, steps=100), y)
+    assert a_apgd <= a_pgd + 1 / 64
+    adv, log = attacks.autoattack(net, x, y, key, eps=eps, square_queries=300, return_log=True)
+    assert acc(adv, y) == pytest.approx(log["square"])
+    assert log["clean"] >= log["apgd-ce"] >= log["apgd-t"] >= log["square"]
+    single = [acc(attacks.apgd_targeted(net, x, y, key, eps=eps), y),
+              acc(attacks.square(net, x, y, key, eps=eps, n_queries=300), y)]
+    assert acc(adv, y) <= min(single) + 1 / 64
+
+
+def test_robust_accuracy_falls_as_eps_grows():
+    x, y = _data(64)
+    accs = [acc(attacks.apgd(net, x, y, jax.random.key(0), eps=e, steps=50, loss="dlr"), y)
+            for e in (0.0, 0.05, 0.1, 0.5)]
+    assert accs[0] == 1.0 and accs == sorted(accs, reverse=True) and accs[-1] < 0.3
+
+
+def test_square_breaks_a_gradient_masking_model():
+    """Quantized inputs give zero gradients: PGD does nothing, Square still succeeds, and
+    PGD through BPDA (identity backward) recovers the attack."""
+    quantize = lambda x: jnp.round(x * 3) / 3
+    masked = lambda x: net(quantize(x))
+    x, y = _data(64)
+    y = jnp.argmax(masked(x), 1)
+    key = jax.random.key(0)
+    acc_m = lambda xa: float(jnp.mean(jnp.argmax(masked(xa), 1) == y))
+    g = jax.grad(lambda xi: masked(xi)[:, 0].sum())(x)
+    assert float(jnp.abs(g).max()) == 0.0
+    assert acc_m(attacks.pgd(masked, x, y, key, eps=0.2, steps=10, random_start=False)) == 1.0
+    assert acc_m(attacks.square(masked, x, y, key, eps=0.2, n_queries=300)) < 0.7
+    bpda_model = lambda xi: net(attacks.bpda(quantize)(xi))
+    np.testing.assert_array_equal(bpda_model(x), masked(x))
+    assert acc_m(attacks.pgd(bpda_model, x, y, key, eps=0.2, steps=20)) < 0.7
+
+
+def test_bpda_with_smooth_surrogate_uses_its_gradient():
+    f = attacks.bpda(jnp.round, backward=lambda x: 2.0 * x)
+    assert float(f(1.3)) == 1.0
+    assert float(jax.grad(f)(1.3)) == 2.0
+
+
+def test_eot_averages_gradients_over_draws():
+    x, y = _data(16)
+    key = jax.random.key(0)
+    a = attacks.eotpgd(noisy_net, x, y, key, eps=0.2, steps=10, eot_samples=4)
+    b = attacks.eotpgd(noisy_net, x, y, key, eps=0.2, steps=10, eot_samples=4)
+    np.testing.assert_array_equal(a, b)                  # randomness only through the key
+    assert acc(a, y) < 1.0
+
+
+def test_vmifgsm_defaults_and_targeted_apgd_reaches_targets():
+    x, y = _data(32)
+    adv = attacks.vmifgsm(net, x, y, jax.random.key(0), eps=0.2, step_size=0.05, steps=10)
+    assert acc(adv, y) < acc(x, y)
+    targets = (y + 1) % 10
+    adv_t = attacks.apgd_targeted(net, x, y, jax.random.key(0), eps=0.5, targets=targets)
+    assert float(jnp.mean(jnp.argmax(net(adv_t), 1) != y)) > 0.5
+
+
+def test_second_call_does_not_recompile():
+    x, y = _data(8)
+    attacks.apgd(net, x, y, jax.random.key(0), eps=0.1, steps=10)
+    from jaxdefense.attacks.apgd import _apgd
+    before = _apgd._cache_size()
+    attacks.apgd(net, x + 0.01, y, jax.random.key(1), eps=0.05, steps=10)
+    assert _apgd._cache_size() == before
+
+
+def test_attack_errors():
+    x, y = _data(8)
+    with pytest.raises(ValueError, match="eps"):
+        attacks.apgd(net, x, y, jax.random.key(0), eps=-1.0)
+    with pytest.raises(ValueError, match="version"):
+        attacks.autoattack(net, x, y, jax.random.key(0), version="plus")
+    with pytest.raises(ValueError, match="targets"):
+        attacks.apgd_targeted(net, x, y, jax.random.key(0), targets=y[:3])
