@@ -20,12 +20,17 @@ from jaxdefense.data import dataset_info
 
 @dataclasses.dataclass
 class DefendedClassifier:
-    """A served defense: `logits_fn(x)` is differentiable and can be attacked directly."""
+    """A served defense: `logits_fn(x)` is differentiable and can be attacked directly.
+
+    parts: named stages for inspection and for the target-only threat model, e.g.
+    'classifier' (the bare classifier inside) and, for GRFD, 'disentangle' (x -> x_u, x_r).
+    """
     logits_fn: Callable
     image_shape: tuple
     num_classes: int
+    defense: str
     config: dict
-    parts: dict  # named stages (e.g. 'disentangle' for GRFD) for inspection
+    parts: dict
 
     def __post_init__(self):
         self._jitted = jax.jit(self.logits_fn)
@@ -45,29 +50,46 @@ class DefendedClassifier:
 
 
 def _restore_vars(directory: str, template_state):
+    if Checkpoints(directory).latest() is None:
+        raise CheckpointError(f"{directory} has no checkpoint yet; finish training first")
     state = Checkpoints(directory).restore(template_state)
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def load(workdir: str) -> DefendedClassifier:
-    """Rebuild the defense recorded in `workdir/config.json` from its latest checkpoints."""
-    defense, config = load_config(workdir)
-    if defense != "grfd":
-        raise CheckpointError(f"{workdir}: no loader for defense {defense!r}")
+def _load_grfd(workdir: str, config: dict):
     from jaxdefense.defenses import grfd
     from jaxdefense.defenses.grfd_config import GRFDConfig
     cfg = GRFDConfig(**config)
-    for part in ("generator", "target"):
-        if Checkpoints(os.path.join(workdir, part)).latest() is None:
-            raise CheckpointError(f"{workdir}: phase '{part}' has no checkpoint yet; "
-                                  f"finish training with python -m train.grfd --workdir={workdir}")
     key = jax.random.key(0)
     gen = _restore_vars(os.path.join(workdir, "generator"), grfd.init_generator_state(cfg, key, 1))
     vae_vars = {"params": gen["params"]["vae"], "batch_stats": gen["batch_stats"]["vae"]}
     target_vars = _restore_vars(os.path.join(workdir, "target"),
                                 grfd.init_target_state(cfg, key, 1))
+    target = grfd.make_classifier(cfg)
+    return cfg, grfd.make_defended_logits_fn(cfg, vae_vars, target_vars), {
+        "disentangle": grfd.make_disentangle_fn(cfg, vae_vars),
+        "classifier": lambda x: target.apply(target_vars, x, train=False)}
+
+
+def _load_standard(workdir: str, config: dict):
+    from jaxdefense.defenses import standard
+    cfg = standard.StandardConfig(**config)
+    variables = _restore_vars(os.path.join(workdir, "classifier"),
+                              standard.init_state(cfg, jax.random.key(0), 1))
+    logits_fn = standard.make_logits_fn(cfg, variables)
+    return cfg, logits_fn, {"classifier": logits_fn}
+
+
+LOADERS = {"grfd": _load_grfd, "standard": _load_standard}
+
+
+def load(workdir: str) -> DefendedClassifier:
+    """Rebuild the model recorded in `workdir/config.json` from its latest checkpoints."""
+    defense, config = load_config(workdir)
+    if defense not in LOADERS:
+        raise CheckpointError(f"{workdir}: no loader for defense {defense!r}")
+    cfg, logits_fn, parts = LOADERS[defense](workdir, config)
     info = dataset_info(cfg.dataset)
-    return DefendedClassifier(
-        logits_fn=grfd.make_defended_logits_fn(cfg, vae_vars, target_vars),
-        image_shape=info["shape"], num_classes=info["num_classes"], config=config,
-        parts={"disentangle": grfd.make_disentangle_fn(cfg, vae_vars)})
+    return DefendedClassifier(logits_fn=logits_fn, image_shape=info["shape"],
+                              num_classes=info["num_classes"], defense=defense, config=config,
+                              parts=parts)

@@ -58,3 +58,19 @@ def latent_scatter(path: str, z: np.ndarray, labels: np.ndarray, title: str = ""
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def accuracy_vs_eps(path: str, sweep: dict, title: str = "") -> str:
+    """Accuracy against eps (in /255) for each attack in `sweep` ({'eps': [...], name: [...]})."""
+    eps = np.asarray(sweep["eps"]) * 255
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, accs in sweep.items():
+        if name != "eps":
+            ax.plot(eps, accs, marker="o", label=name)
+    ax.set_xlabel("eps (/255)"), ax.set_ylabel("accuracy"), ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3), ax.legend(), ax.set_title(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

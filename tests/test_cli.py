@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -36,11 +37,22 @@ def test_cifar100_offline_fails_fast_naming_data_dir(tmp_path):
     assert "--data_dir" in r.stderr or "TensorFlow" in r.stderr, r.stderr[-2000:]
 
 
-def test_smoke_run_then_eval(tmp_path):
-    w = tmp_path / "w"
+def test_smoke_runs_then_eval_with_all_threat_models(tmp_path):
+    w, s = tmp_path / "grfd", tmp_path / "std"
     r = _run("train.grfd", "--dataset=digits", "--smoke", f"--workdir={w}", "--limit_train=256",
              "--attack_examples=64")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _run("eval.robustness", f"--workdir={w}", "--examples=64", "--max_steps=10")
+    r = _run("train.standard", "--dataset=digits", "--smoke", f"--workdir={s}",
+             "--limit_train=256", "--attack_examples=64")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "pgd" in r.stdout and (w / "robustness.json").exists()
+    r = _run("eval.robustness", f"--workdir={w}", f"--source_workdir={s}", "--examples=64",
+             "--max_steps=5", "--attacks=fgsm,pgd,autoattack",
+             "--threats=whitebox,target-only,transfer", "--eps_sweep=0,16,64")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "worst_case" in r.stdout and "sanity checks" in r.stdout
+    result = json.loads((w / "robustness.json").read_text())
+    assert set(result["whitebox"]) == {"fgsm", "pgd", "autoattack", "worst_case"}
+    assert result["whitebox"]["worst_case"] <= result["transfer"]["worst_case"]
+    assert (w / "robustness_eps.png").stat().st_size > 1000
+    r = _run("eval.robustness", f"--workdir={w}", "--threats=transfer")
+    assert r.returncode == 2 and "--source_workdir" in r.stderr

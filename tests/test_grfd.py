@@ -173,7 +173,7 @@ def test_generator_step_on_cifar_models_and_bf16(dataset, dtype):
 
 
 def test_train_fraction_and_limits():
-    from jaxdefense.defenses.grfd_train import load_data
+    from jaxdefense.config import load_datasets as load_data
     cfg = preset("digits", limit_train=400, train_fraction=0.25, limit_eval=50)
     train, test = load_data(cfg)
     assert len(train) == 100 and len(test) == 50

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdefense import config
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses.grfd_config import GRFDConfig
-from jaxdefense.models import LVCVAE, build_classifier
+from jaxdefense.models import LVCVAE
 from jaxdefense.training import TrainState, make_optimizer
 
 
@@ -33,14 +34,7 @@ def make_vae(cfg: GRFDConfig) -> LVCVAE:
 def make_classifier(cfg: GRFDConfig):
     """The RSM / target architecture. It reads x_r (pixel units, centred near 0) and divides
     by the data std: exactly the reference's normalized-space residual."""
-    info = dataset_info(cfg.dataset)
-    zero = (0.0,) * len(info["mean"])
-    common = dict(num_classes=info["num_classes"], mean=zero, std=info["std"],
-                  dtype=jnp.dtype(cfg.dtype))
-    if cfg.classifier == "lenet5":
-        return build_classifier("lenet5", width=cfg.lenet_width, **common)
-    return build_classifier("wide_resnet", depth=cfg.wrn_depth, widen=cfg.wrn_widen,
-                            dropout=cfg.wrn_dropout, **common)
+    return config.make_classifier(cfg, residual_input=True)
 
 
 def init_generator_state(cfg: GRFDConfig, key, steps_per_epoch: int) -> TrainState:

@@ -10,28 +10,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE as CLASSIFIER_SMOKE, ExperimentConfig
+
 
 @dataclasses.dataclass
-class GRFDConfig:
-    # data
-    dataset: str = "mnist"            # mnist | cifar10 | cifar100 | digits (embedded, offline)
-    data_dir: Optional[str] = None    # prepared tfds data, MNIST idx.gz, or <split>.npz files
-    train_split: str = "train"        # tfds slicing syntax: 'test[:8000]'
-    eval_split: str = "test"
-    limit_train: Optional[int] = None  # use only the first N training examples
-    train_fraction: float = 1.0       # then keep this fraction (paper Fig. 4b)
-    limit_eval: Optional[int] = None
-    augment: bool = False             # random crop (pad 4) + flip, CIFAR presets
-    # models
-    classifier: str = "lenet5"        # RSM and target: lenet5 | wide_resnet
-    lenet_width: float = 1.0
-    wrn_depth: int = 28
-    wrn_widen: int = 10
-    wrn_dropout: float = 0.3
+class GRFDConfig(ExperimentConfig):
+    workdir: str = "runs/grfd"
+    # generator (LVCVAE)
     vae_kind: str = "conv"            # conv (LeNet-style) | residual (reference CIFAR VAE)
     vae_base: int = 32                # channels of the first VAE conv
     z_dim: int = 256
-    dtype: str = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
     # loss (paper eq. 6)
     alpha: str = "10,5,1"             # L_rc weight over the first / second / last third
     beta: float = 0.2                 # L_kl
@@ -41,21 +29,7 @@ class GRFDConfig:
     rb_samples: int = 1               # K noise draws for L_rb (vmapped)
     rb_noise: float = 0.01            # noise std in normalized units (pixel std = this * data std)
     rb_clean_at: str = "x_r"          # clean gradient at x_r (paper eq. 5) or x_u (reference code)
-    # optimization (both phases)
-    epochs: int = 150
     target_epochs: Optional[int] = None  # phase III epochs (default: epochs)
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_min: float = 1e-4
-    lr_period: int = 50               # epochs of the cosine half-period (torch CosineAnnealingLR)
-    weight_decay: float = 1e-6
-    # bookkeeping
-    seed: int = 0
-    workdir: str = "runs/grfd"
-    keep_checkpoints: int = 3
-    eval_every: int = 1               # epochs between held-out evaluations (0: only at the end)
-    stop_after_epochs: Optional[int] = None  # leave after this many epochs in this call (resume later)
-    attack_examples: int = 500        # examples for the closing FGSM/PGD check
 
     def alphas(self) -> tuple[float, float, float]:
         parts = [float(a) for a in str(self.alpha).split(",")]
@@ -71,15 +45,10 @@ class GRFDConfig:
         return self.alphas()[third]
 
     def validate(self):
-        from jaxdefense.data import dataset_info
-        dataset_info(self.dataset)
+        super().validate()
         checks = [
-            (self.classifier in ("lenet5", "wide_resnet"), "classifier must be lenet5 or wide_resnet"),
             (self.vae_kind in ("conv", "residual"), "vae_kind must be conv or residual"),
             (self.rb_clean_at in ("x_r", "x_u"), "rb_clean_at must be x_r or x_u"),
-            (self.dtype in ("float32", "bfloat16"), "dtype must be float32 or bfloat16"),
-            (0 < self.train_fraction <= 1, "train_fraction must be in (0, 1]"),
-            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.rb_samples >= 1 and self.rb_noise >= 0, "rb_samples >= 1 and rb_noise >= 0"),
             (min(self.beta, self.epsilon, self.gamma, self.delta) >= 0, "loss weights must be >= 0"),
         ]
@@ -91,18 +60,12 @@ class GRFDConfig:
 
 
 # Field overrides per preset; anything not named keeps the dataclass default.
-PRESETS = {
-    "mnist": dict(dataset="mnist"),
-    "digits": dict(dataset="digits", epochs=30, batch_size=64, eval_every=5),
-    "cifar10": dict(dataset="cifar10", classifier="wide_resnet", vae_kind="residual",
-                    vae_base=16, z_dim=2048, augment=True),
-    "cifar100": dict(dataset="cifar100", classifier="wide_resnet", vae_kind="residual",
-                     vae_base=16, z_dim=2048, augment=True),
-}
+CIFAR_VAE = dict(vae_kind="residual", vae_base=16, z_dim=2048)
+PRESETS = {name: {**fields, **(CIFAR_VAE if name.startswith("cifar") else {})}
+           for name, fields in CLASSIFIER_PRESETS.items()}
 
 # --smoke: every model tiny, a few hundred examples, two epochs: a full run in about a minute.
-SMOKE = dict(lenet_width=0.5, wrn_depth=10, wrn_widen=1, vae_base=8, z_dim=32, epochs=2,
-             batch_size=64, limit_train=512, limit_eval=256, attack_examples=128, eval_every=1)
+SMOKE = dict(CLASSIFIER_SMOKE, vae_base=8, z_dim=32)
 
 
 def preset(dataset: str, smoke: bool = False, **overrides) -> GRFDConfig:

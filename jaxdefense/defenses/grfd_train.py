@@ -10,54 +10,22 @@ workdir/results.json     clean / FGSM / PGD accuracy of the served defense
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdefense import attacks, checkpoint, data, evaluation, plots
-from jaxdefense.attacks.presets import get_preset, preset_for
+from jaxdefense import checkpoint, config, data, evaluation, plots, robustness
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd_config import GRFDConfig
-from jaxdefense.training import append_jsonl, classifier_step, fit
-
-# Fields that may change between a run and its resumption.
-RESUMABLE = {"workdir", "data_dir", "stop_after_epochs", "eval_every", "attack_examples",
-             "keep_checkpoints", "limit_eval"}
-
-
-def check_workdir(cfg: GRFDConfig) -> None:
-    """Refuse to resume a workdir that was trained with a different configuration."""
-    path = os.path.join(cfg.workdir, checkpoint.CONFIG_FILE)
-    if not os.path.isfile(path):
-        return
-    defense, old = checkpoint.load_config(cfg.workdir)
-    new = dataclasses.asdict(cfg)
-    diff = {k: (old.get(k), v) for k, v in new.items()
-            if k not in RESUMABLE and old.get(k) != v}
-    if defense != "grfd" or diff:
-        raise ValueError(f"{cfg.workdir} holds a {defense} run with other settings "
-                         f"{ {k: f'{a} -> {b}' for k, (a, b) in diff.items()} }; "
-                         f"use a new --workdir to start afresh")
-
-
-def load_data(cfg: GRFDConfig):
-    train = data.load(cfg.dataset, cfg.train_split, cfg.data_dir).take(cfg.limit_train)
-    if cfg.train_fraction < 1:
-        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(train))
-                       [:max(1, int(cfg.train_fraction * len(train)))])
-        train = dataclasses.replace(train, x=train.x[keep], y=train.y[keep])
-    test = data.load(cfg.dataset, cfg.eval_split, cfg.data_dir).take(cfg.limit_eval)
-    return train, test
-
+from jaxdefense.training import classifier_step, fit
 
 def train_and_evaluate(cfg: GRFDConfig, progress: bool = True) -> dict:
     """Run phases I-III (each resumes from its checkpoints) and the closing attack check."""
     cfg.validate()
-    check_workdir(cfg)
-    train, test = load_data(cfg)
+    config.check_workdir(cfg, "grfd")
+    train, test = config.load_datasets(cfg)
     checkpoint.save_config(cfg.workdir, "grfd", dataclasses.asdict(cfg))
     metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
     steps_per_epoch = len(train) // cfg.batch_size
@@ -111,27 +79,8 @@ def train_and_evaluate(cfg: GRFDConfig, progress: bool = True) -> dict:
     # The served defense, attacked end to end (white-box) with the paper's FGSM / PGD.
     target_vars = {"params": tstate.params, "batch_stats": tstate.batch_stats}
     logits_fn = grfd.make_defended_logits_fn(cfg, vae_vars, target_vars)
-    report = robustness_report(logits_fn, test.take(cfg.attack_examples), key_attack,
-                               preset_for(cfg.dataset), progress=progress)
-    report["clean_acc_full_eval"] = evaluation.accuracy(logits_fn, test.x, test.y)
-    append_jsonl(metrics_path, {"phase": "report", **report})
-    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    return report
-
-
-def robustness_report(logits_fn, ds, key, preset: str, max_steps: int | None = None,
-                      progress: bool = True) -> dict:
-    """Clean accuracy and each preset attack's robust accuracy (white-box), in [0, 1]."""
-    out = {"preset": preset, "examples": len(ds)}
-    for i, (name, params) in enumerate(get_preset(preset, max_steps).items()):
-        res = evaluation.robust_accuracy(logits_fn, attacks.ATTACKS[name], ds.x, ds.y,
-                                         jax.random.fold_in(key, i),
-                                         desc=name if progress else None, **params)
-        out["clean_acc"] = res["clean"]
-        out[f"{name}_acc"] = res["robust"]
-        out[f"{name}_params"] = params
-    return out
+    return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path,
+                                     progress)
 
 
 def write_figures(cfg: GRFDConfig, vae_vars, test: data.Dataset, n: int = 8) -> None:

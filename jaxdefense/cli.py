@@ -1,0 +1,51 @@
+"""Command lines built from config dataclasses: every field is a flag with its default."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+
+def _parse_bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes"):
+        return True
+    if s.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def _optional(kind):
+    return lambda s: None if s.lower() == "none" else kind(s)
+
+
+def config_parser(config_cls, defaults, prog: str, doc: str, presets) -> argparse.ArgumentParser:
+    """A parser with --smoke and one --field per dataclass field, defaults from `defaults`."""
+    p = argparse.ArgumentParser(prog=prog, description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models and data: a full run in about a minute on 2 CPU cores")
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        args = typing.get_args(hints[f.name])
+        base = next((a for a in args if a is not type(None)), hints[f.name])
+        kind = {bool: _parse_bool, int: int, float: float, str: str}[base]
+        if type(None) in args:
+            kind = _optional(kind)
+        default = getattr(defaults, f.name)
+        p.add_argument(f"--{f.name}", type=kind, default=default,
+                       choices=sorted(presets) if f.name == "dataset" else None,
+                       help=f"(default: {default})")
+    return p
+
+
+def parse_config(argv, config_cls, preset_fn, presets, prog: str, doc: str):
+    """Two-stage parse: --dataset and --smoke pick the preset, which sets the defaults."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--dataset", default=config_cls().dataset)
+    first.add_argument("--smoke", action="store_true")
+    known, _ = first.parse_known_args(argv)
+    if known.dataset not in presets:   # let argparse list the choices and exit
+        config_parser(config_cls, config_cls(), prog, doc, presets).parse_args(argv)
+    defaults = preset_fn(known.dataset, known.smoke)
+    args = config_parser(config_cls, defaults, prog, doc, presets).parse_args(argv)
+    return config_cls(**{k: v for k, v in vars(args).items() if k != "smoke"})

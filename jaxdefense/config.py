@@ -1,0 +1,116 @@
+"""The fields every experiment shares (data, classifier, optimization, bookkeeping).
+
+A defense's config subclasses `ExperimentConfig` and adds its own fields; the command line
+(`jaxdefense.cli`) turns every field into a flag.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdefense.data import dataset_info
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    # data
+    dataset: str = "mnist"            # mnist | cifar10 | cifar100 | digits (embedded, offline)
+    data_dir: Optional[str] = None    # prepared tfds data, MNIST idx.gz, or <split>.npz files
+    train_split: str = "train"        # tfds slicing syntax: 'test[:8000]'
+    eval_split: str = "test"
+    limit_train: Optional[int] = None  # use only the first N training examples
+    train_fraction: float = 1.0       # then keep this (seeded) fraction (GRFD paper Fig. 4b)
+    limit_eval: Optional[int] = None
+    augment: bool = False             # random crop (pad 4) + flip, CIFAR presets
+    # classifier
+    classifier: str = "lenet5"        # lenet5 | wide_resnet
+    lenet_width: float = 1.0
+    wrn_depth: int = 28
+    wrn_widen: int = 10
+    wrn_dropout: float = 0.3
+    dtype: str = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+    # optimization: AdamW with torch's per-epoch CosineAnnealingLR
+    epochs: int = 150
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_min: float = 1e-4
+    lr_period: int = 50               # epochs of the cosine half-period
+    weight_decay: float = 1e-6
+    # bookkeeping
+    seed: int = 0
+    workdir: str = "runs/experiment"
+    keep_checkpoints: int = 3
+    eval_every: int = 1               # epochs between held-out evaluations (0: only at the end)
+    stop_after_epochs: Optional[int] = None  # leave after this many epochs in this call (resume later)
+    attack_examples: int = 500        # examples for the closing white-box attack check
+
+    def validate(self):
+        dataset_info(self.dataset)
+        checks = [
+            (self.classifier in ("lenet5", "wide_resnet"), "classifier must be lenet5 or wide_resnet"),
+            (self.dtype in ("float32", "bfloat16"), "dtype must be float32 or bfloat16"),
+            (0 < self.train_fraction <= 1, "train_fraction must be in (0, 1]"),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        return self
+
+
+# Fields that may change between a run and its resumption.
+RESUMABLE = {"workdir", "data_dir", "stop_after_epochs", "eval_every", "attack_examples",
+             "keep_checkpoints", "limit_eval"}
+
+
+def make_classifier(cfg: ExperimentConfig, residual_input: bool = False):
+    """The configured classifier. residual_input: it reads a residual such as GRFD's x_r
+    (centred near 0), so it divides by the data std without subtracting the mean."""
+    from jaxdefense.models import build_classifier
+    info = dataset_info(cfg.dataset)
+    mean = (0.0,) * len(info["mean"]) if residual_input else info["mean"]
+    common = dict(num_classes=info["num_classes"], mean=mean, std=info["std"],
+                  dtype=jnp.dtype(cfg.dtype))
+    if cfg.classifier == "lenet5":
+        return build_classifier("lenet5", width=cfg.lenet_width, **common)
+    return build_classifier("wide_resnet", depth=cfg.wrn_depth, widen=cfg.wrn_widen,
+                            dropout=cfg.wrn_dropout, **common)
+
+
+CLASSIFIER_PRESETS = {
+    "mnist": dict(dataset="mnist"),
+    "digits": dict(dataset="digits", epochs=30, batch_size=64, eval_every=5),
+    "cifar10": dict(dataset="cifar10", classifier="wide_resnet", augment=True),
+    "cifar100": dict(dataset="cifar100", classifier="wide_resnet", augment=True),
+}
+SMOKE = dict(lenet_width=0.5, wrn_depth=10, wrn_widen=1, epochs=2, batch_size=64,
+             limit_train=512, limit_eval=256, attack_examples=128, eval_every=1)
+
+
+def load_datasets(cfg: ExperimentConfig):
+    """(train, eval) Datasets as configured: limits, then a seeded train fraction."""
+    from jaxdefense import data
+    train = data.load(cfg.dataset, cfg.train_split, cfg.data_dir).take(cfg.limit_train)
+    if cfg.train_fraction < 1:
+        keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(train))
+                       [:max(1, int(cfg.train_fraction * len(train)))])
+        train = dataclasses.replace(train, x=train.x[keep], y=train.y[keep])
+    test = data.load(cfg.dataset, cfg.eval_split, cfg.data_dir).take(cfg.limit_eval)
+    return train, test
+
+
+def check_workdir(cfg: ExperimentConfig, defense: str) -> None:
+    """Refuse to resume a workdir that was trained with a different defense or settings."""
+    import os
+    from jaxdefense import checkpoint
+    if not os.path.isfile(os.path.join(cfg.workdir, checkpoint.CONFIG_FILE)):
+        return
+    old_defense, old = checkpoint.load_config(cfg.workdir)
+    diff = {k: f"{old.get(k)} -> {v}" for k, v in dataclasses.asdict(cfg).items()
+            if k not in RESUMABLE and old.get(k) != v}
+    if old_defense != defense or diff:
+        raise ValueError(f"{cfg.workdir} holds a {old_defense} run with other settings {diff}; "
+                         f"use a new --workdir to start afresh")

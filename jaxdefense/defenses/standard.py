@@ -1,0 +1,65 @@
+"""Standard (undefended) training of a classifier: the baseline every defense is compared
+with, and the source model of transfer attacks."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxdefense import checkpoint, config, evaluation, robustness
+from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE, ExperimentConfig
+from jaxdefense.data import dataset_info
+from jaxdefense.training import TrainState, classifier_step, fit, make_optimizer
+
+
+@dataclasses.dataclass
+class StandardConfig(ExperimentConfig):
+    workdir: str = "runs/standard"
+
+
+def preset(dataset: str, smoke: bool = False, **overrides) -> StandardConfig:
+    if dataset not in CLASSIFIER_PRESETS:
+        raise ValueError(f"no preset for {dataset!r}; choose one of {sorted(CLASSIFIER_PRESETS)}")
+    return StandardConfig(**{**CLASSIFIER_PRESETS[dataset], **(SMOKE if smoke else {}),
+                             **overrides})
+
+
+def init_state(cfg: StandardConfig, key, steps_per_epoch: int) -> TrainState:
+    variables = config.make_classifier(cfg).init(
+        key, jnp.zeros((1, *dataset_info(cfg.dataset)["shape"])))
+    return TrainState.create(apply_fn=None, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}),
+                             tx=make_optimizer(cfg, steps_per_epoch))
+
+
+def make_logits_fn(cfg: StandardConfig, variables):
+    model = config.make_classifier(cfg)
+    return lambda x: model.apply(variables, x, train=False)
+
+
+def train_and_evaluate(cfg: StandardConfig, progress: bool = True) -> dict:
+    cfg.validate()
+    config.check_workdir(cfg, "standard")
+    train, test = config.load_datasets(cfg)
+    checkpoint.save_config(cfg.workdir, "standard", dataclasses.asdict(cfg))
+    metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
+    steps_per_epoch = len(train) // cfg.batch_size
+    key_init, key_attack = jax.random.split(jax.random.key(cfg.seed))
+    model = config.make_classifier(cfg)
+
+    def eval_fn(st):
+        v = {"params": st.params, "batch_stats": st.batch_stats}
+        return {"acc": evaluation.accuracy(lambda xb: model.apply(v, xb), test.x, test.y)}
+
+    state = fit(init_state(cfg, key_init, steps_per_epoch), classifier_step(model), train.x,
+                train.y, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                augment=cfg.augment, ckpt_dir=os.path.join(cfg.workdir, "classifier"),
+                phase="classifier", eval_fn=eval_fn, eval_every=cfg.eval_every,
+                metrics_path=metrics_path, keep=cfg.keep_checkpoints,
+                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
+    if int(state.step) < cfg.epochs * steps_per_epoch:
+        return {"stopped": "classifier", "epochs_done": int(state.step) // steps_per_epoch}
+    logits_fn = make_logits_fn(cfg, {"params": state.params, "batch_stats": state.batch_stats})
+    return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path, progress)

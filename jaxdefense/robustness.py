@@ -1,0 +1,209 @@
+"""Robustness reports: threat models, per-sample worst case, sanity checks, eps sweeps.
+
+Threat models (the served model is always what is scored):
+- whitebox:    attacks see the whole defended pipeline (EOT when it is random),
+- target-only: attacks see the classifier alone; its examples then go through the defense,
+- transfer:    attacks see a separate source model (the GRFD / ARN / IDFR papers' protocol).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxdefense import attacks as attack_lib
+from jaxdefense.attacks.presets import ALIASES, get_preset, preset_for
+from jaxdefense.data import padded_batches
+from jaxdefense import evaluation
+from jaxdefense.evaluation import _batch_size
+from jaxdefense.training import append_jsonl
+from jaxdefense.sharding import shard_batch
+
+THREATS = ("whitebox", "target-only", "transfer")
+
+
+@dataclasses.dataclass
+class Models:
+    """The logits functions a report needs. `served` is scored; `classifier` is the bare
+    classifier inside it (for target-only); `source` an independent model (for transfer)."""
+    served: Callable
+    classifier: Optional[Callable] = None
+    source: Optional[Callable] = None
+    stochastic: bool = False        # served is logits_fn(x, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _ignore_key(f):
+    """f as `(x, key) -> f(x)`; cached so the wrapped function, a static argument of the
+    compiled attacks, stays the same object and nothing recompiles."""
+    return lambda x, key: f(x)
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_key(f):
+    """A randomized f(x, key) with one fixed draw, for attacks without EOT."""
+    key = jax.random.key(0)
+    return lambda x: f(x, key)
+
+
+def craft_fn(name: str, params: dict, stochastic: bool):
+    """`(logits_fn, x, y, key) -> x_adv` for a preset entry; stochastic: logits_fn(x, key).
+
+    On a randomized model PGD / APGD use EOT (20 draws unless set) and AutoAttack its 'rand'
+    version; attacks without EOT see one fixed draw. On a deterministic model EOT-PGD needs
+    one draw only.
+    """
+    fn = attack_lib.ATTACKS[ALIASES.get(name, name)]
+    params = dict(params)
+    if name == "eotpgd" and not stochastic:
+        params["eot_samples"] = 1
+        return lambda f, x, y, k: fn(_ignore_key(f), x, y, k, **params)
+    if stochastic and name == "autoattack":
+        params.setdefault("version", "rand")
+    elif stochastic and name in ("pgd", "apgd", "apgd_targeted"):
+        params.update(stochastic=True, eot_samples=params.get("eot_samples", 20))
+    elif stochastic and name != "eotpgd":
+        return lambda f, x, y, k: fn(_fixed_key(f), x, y, k, **params)
+    return lambda f, x, y, k: fn(f, x, y, k, **params)
+
+
+def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,
+                  desc=None):
+    """Per-sample correctness [N] of `served` on examples crafted by `craft` against
+    `attacked`; also the largest Linf distance seen."""
+    b = _batch_size(batch_size, len(x))
+    predict = jax.jit(lambda xb, k: jnp.argmax(
+        served(xb, k) if stochastic else served(xb), -1))
+    correct, max_linf = [], 0.0
+    for i, (xb, yb, mask) in enumerate(tqdm(padded_batches(x, y, b), total=-(-len(x) // b),
+                                            desc=desc, disable=desc is None, leave=False)):
+        xb, yb = shard_batch((xb, yb))
+        k = jax.random.fold_in(key, i)
+        x_adv = craft(attacked, xb, yb, k)
+        correct.append(np.asarray(predict(x_adv, jax.random.fold_in(k, 1)) == yb)[mask])
+        max_linf = max(max_linf, float(np.max(np.abs(np.asarray(x_adv - xb))[mask])))
+    return np.concatenate(correct), max_linf
+
+
+def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
+           batch_size: int = 256, progress: bool = True) -> dict:
+    """{'clean': acc, threat: {attack: acc, ..., 'worst_case': acc}, 'max_linf': {...}}.
+
+    worst_case is the per-sample worst case over the threat's attacks (and clean).
+    """
+    clean, _ = correct_under(models.served, models.stochastic, None,
+                             lambda f, xb, yb, k: xb, x, y, key, batch_size)
+    out = {"examples": int(len(x)), "clean": float(clean.mean()), "max_linf": {}}
+    for t_i, threat in enumerate(threats):
+        if threat not in THREATS:
+            raise ValueError(f"unknown threat model {threat!r}; choose from {THREATS}")
+        attacked = {"whitebox": models.served, "target-only": models.classifier,
+                    "transfer": models.source}[threat]
+        if attacked is None:
+            raise ValueError(f"threat model {threat!r} needs "
+                             f"{'a classifier part' if threat == 'target-only' else 'a source model'}")
+        stoch = models.stochastic and threat == "whitebox"
+        worst = clean.copy()
+        out[threat] = {}
+        for a_i, (name, params) in enumerate(attacks.items()):
+            ok, linf = correct_under(models.served, models.stochastic, attacked,
+                                     craft_fn(name, params, stoch), x, y,
+                                     jax.random.fold_in(key, 100 * t_i + a_i), batch_size,
+                                     desc=f"{threat} {name}" if progress else None)
+            worst &= ok
+            out[threat][name] = float(ok.mean())
+            out["max_linf"][f"{threat}/{name}"] = linf
+        out[threat]["worst_case"] = float(worst.mean())
+    return out
+
+
+def sanity_checks(models: Models, x, y, key, result: dict, num_classes: int,
+                  batch_size: int = 256, attacks: dict | None = None
+                  ) -> list[tuple[str, bool, str]]:
+    """Carlini et al.'s checks, run or read off `result`: (name, passed, detail) each.
+
+    With `attacks` holding the report's 'pgd' settings, PGD is run again with twice the
+    steps (more iterations must not help the defense).
+    """
+    checks = []
+    xs, ys = jnp.asarray(x[:min(len(x), 128)]), jnp.asarray(y[:min(len(x), 128)])
+    if not models.stochastic:
+        a, b = models.served(xs), models.served(xs)
+        checks.append(("logits do not change between calls", bool(jnp.array_equal(a, b)), ""))
+    f = models.served if not models.stochastic else (lambda xa: models.served(xa, key))
+    g = jax.grad(lambda xa: jnp.sum(attack_lib.cross_entropy(f(xa), ys)))(xs)
+    nz = float(jnp.mean(jnp.max(jnp.abs(g).reshape(len(xs), -1), axis=1) > 0))
+    checks.append(("gradients are non-zero", nz > 0.9, f"{100 * nz:.0f}% of samples"))
+    wb = result.get("whitebox", {})
+    if "pgd" in wb and "fgsm" in wb:
+        checks.append(("iterative beats single-step", bool(wb["pgd"] <= wb["fgsm"] + 1e-9),
+                       f"PGD {wb['pgd']:.3f} vs FGSM {wb['fgsm']:.3f}"))
+    if "transfer" in result:
+        for name, acc in result["transfer"].items():
+            if name in wb:
+                checks.append((f"white-box beats transfer ({name})", bool(wb[name] <= acc + 1e-9),
+                               f"{wb[name]:.3f} vs {acc:.3f}"))
+    n = min(len(x), 256)
+    if attacks and "pgd" in attacks and "pgd" in wb:
+        params = dict(attacks["pgd"], steps=2 * attacks["pgd"].get("steps", 10))
+        more, _ = correct_under(models.served, models.stochastic, models.served,
+                                craft_fn("pgd", params, models.stochastic), x, y,
+                                jax.random.fold_in(key, 7), batch_size)
+        checks.append(("more steps never help the defense", bool(more.mean() <= wb["pgd"] + 0.01),
+                       f"PGD-{params['steps']} {more.mean():.3f} vs PGD-{params['steps'] // 2} "
+                       f"{wb['pgd']:.3f}"))
+    craft = craft_fn("pgd", dict(eps=0.5, step_size=0.05, steps=20), models.stochastic)
+    big, _ = correct_under(models.served, models.stochastic, models.served, craft, x[:n], y[:n],
+                           key, batch_size)
+    chance = 1.0 / num_classes
+    checks.append(("accuracy reaches chance at large eps (PGD-20, eps 0.5)",
+                   bool(big.mean() <= chance + 0.1), f"{big.mean():.3f} (chance {chance:.3f})"))
+    return checks
+
+
+def eps_sweep(models: Models, x, y, key, eps_list, steps: int = 20, batch_size: int = 256):
+    """White-box FGSM and PGD (step eps/4, `steps` steps) accuracy at each eps."""
+    out = {"eps": [float(e) for e in eps_list], "fgsm": [], "pgd": []}
+    for i, eps in enumerate(eps_list):
+        for name, params in (("fgsm", dict(eps=eps)),
+                             ("pgd", dict(eps=eps, step_size=eps / 4, steps=steps))):
+            ok, _ = correct_under(models.served, models.stochastic, models.served,
+                                  craft_fn(name, params, models.stochastic), x, y,
+                                  jax.random.fold_in(key, i), batch_size)
+            out[name].append(float(ok.mean()))
+    return out
+
+
+def format_table(result: dict) -> str:
+    threats = [t for t in THREATS if t in result]
+    names = sorted({a for t in threats for a in result[t]} - {"worst_case"}) + ["worst_case"]
+    lines = [f"{'attack':<14}" + "".join(f"{t:>13}" for t in threats),
+             f"{'clean':<14}" + "".join(f"{result['clean']:>13.4f}" for _ in threats)]
+    for n in names:
+        lines.append(f"{n:<14}" + "".join(
+            f"{result[t][n]:>13.4f}" if n in result[t] else f"{'-':>13}" for t in threats))
+    return "\n".join(lines)
+
+
+def closing_report(cfg, logits_fn, test, key, metrics_path: str,
+                   progress: bool = True) -> dict:
+    """Clean accuracy on the whole eval split, and white-box FGSM / PGD (the paper's
+    settings) on its first `attack_examples`; written to metrics.jsonl and results.json."""
+    sub = test.take(cfg.attack_examples)
+    attacks = get_preset(preset_for(cfg.dataset), only=("fgsm", "pgd"))
+    result = report(Models(served=logits_fn), sub.x, sub.y, key, attacks, progress=progress)
+    summary = {"clean_acc_full_eval": evaluation.accuracy(logits_fn, test.x, test.y),
+              "attack_examples": len(sub), "clean_acc": result["clean"],
+              **{f"{k}_acc": v for k, v in result["whitebox"].items()},
+              "attacks": attacks}
+    append_jsonl(metrics_path, {"phase": "report", **summary})
+    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

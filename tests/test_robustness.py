@@ -1,0 +1,79 @@
+"""Threat models, worst case and sanity checks of the robustness report."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdefense import robustness
+from jaxdefense.attacks.presets import get_preset
+
+W = jax.random.normal(jax.random.key(0), (16, 10))
+W_SRC = jax.random.normal(jax.random.key(9), (16, 10))
+
+
+def served(x):
+    return x.reshape(x.shape[0], -1) @ W
+
+
+def source(x):
+    return x.reshape(x.shape[0], -1) @ W_SRC
+
+
+def _data(n=48):
+    x = jax.random.uniform(jax.random.key(1), (n, 4, 4, 1))
+    return np.asarray(x), np.asarray(jnp.argmax(served(x), 1))
+
+
+def test_report_threats_worst_case_and_checks():
+    x, y = _data()
+    models = robustness.Models(served=served, classifier=served, source=source)
+    attacks = {"fgsm": dict(eps=0.1),
+               "pgd": dict(eps=0.1, step_size=0.025, steps=10, random_start=False)}
+    res = robustness.report(models, x, y, jax.random.key(0), attacks,
+                            ("whitebox", "target-only", "transfer"), progress=False)
+    assert res["clean"] == 1.0
+    wb = res["whitebox"]
+    assert wb["worst_case"] <= min(wb["fgsm"], wb["pgd"])
+    assert res["target-only"]["pgd"] == pytest.approx(wb["pgd"])   # classifier == served
+    assert wb["pgd"] <= res["transfer"]["pgd"]
+    assert all(v <= 0.1 + 1e-6 for v in res["max_linf"].values())
+    checks = robustness.sanity_checks(models, x, y, jax.random.key(0), res, 10, attacks=attacks)
+    names = [c for c, _, _ in checks]
+    assert "more steps never help the defense" in names
+    assert all(ok for _, ok, _ in checks), checks
+    assert "worst_case" in robustness.format_table(res)
+
+
+def test_sanity_checks_flag_a_masked_model():
+    x, y = _data()
+    masked = lambda xa: served(jnp.round(xa * 2) / 2)
+    y = np.asarray(jnp.argmax(masked(jnp.asarray(x)), 1))
+    models = robustness.Models(served=masked)
+    res = robustness.report(models, x, y, jax.random.key(0), {"pgd": dict(eps=0.1, steps=5)},
+                            progress=False)
+    checks = dict((c, ok) for c, ok, _ in
+                  robustness.sanity_checks(models, x, y, jax.random.key(0), res, 10))
+    assert checks["gradients are non-zero"] is False
+
+
+def test_randomized_model_gets_eot():
+    x, y = _data(16)
+    noisy = lambda xa, key: served(xa + 0.01 * jax.random.normal(key, xa.shape))
+    models = robustness.Models(served=noisy, stochastic=True)
+    res = robustness.report(models, x, y, jax.random.key(0),
+                            {"pgd": dict(eps=0.2, steps=5, eot_samples=2),
+                             "fgsm": dict(eps=0.2)}, progress=False)
+    assert res["whitebox"]["pgd"] < 1.0
+
+
+def test_presets_and_errors():
+    p = get_preset("grfd-mnist", max_steps=10, only=("pgd", "autoattack"))
+    assert p["pgd"] == dict(eps=18 / 255, step_size=8 / 255, steps=10)
+    assert p["autoattack"]["steps"] == 10 and p["autoattack"]["square_queries"] == 100
+    assert get_preset("grfd-cifar")["pgd"]["steps"] == 200
+    with pytest.raises(ValueError, match="has no"):
+        get_preset("robustbench", only=("fgsm",))
+    x, y = _data(8)
+    with pytest.raises(ValueError, match="needs a source model"):
+        robustness.report(robustness.Models(served=served), x, y, jax.random.key(0),
+                          {"fgsm": dict(eps=0.1)}, ("transfer",), progress=False)
