@@ -1,0 +1,165 @@
+"""Throughput and agreement of jaxdefense attacks against torchattacks on one CPU.
+
+    pip install torch==2.13.0 && pip install --no-deps torchattacks && pip install scipy
+    python bench/attacks_vs_torchattacks.py --data_dir=../shared/data/mnist
+
+Trains a LeNet-5 on MNIST test[:8000] for two epochs with jaxdefense, copies the weights
+into the same LeNet-5 in PyTorch (logits checked equal), then times each attack on the same
+batch(es) of test[8000:] in both libraries (median of --repeats runs after a warm-up, so
+compile time is excluded) and reports the robust accuracy each reaches. torch and
+torchattacks are benchmark-only dependencies.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn as tnn
+import torchattacks
+
+from jaxdefense import attacks as ja
+from jaxdefense import data
+from jaxdefense.defenses import standard
+
+
+class TorchLeNet5(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = tnn.Conv2d(1, 6, 5, padding=2), tnn.Conv2d(6, 16, 5)
+        self.f1, self.f2, self.f3 = tnn.Linear(400, 120), tnn.Linear(120, 84), tnn.Linear(84, 10)
+
+    def forward(self, x):
+        x = (x - 0.1307) / 0.3081
+        x = tnn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
+        x = tnn.functional.max_pool2d(torch.relu(self.c2(x)), 2)
+        x = x.flatten(1)
+        return self.f3(torch.relu(self.f2(torch.relu(self.f1(x)))))
+
+
+def copy_weights(params, net: TorchLeNet5):
+    """flax (HWIO kernels, NHWC flatten) -> torch (OIHW, NCHW flatten)."""
+    p = jax.tree.map(np.asarray, params)
+    with torch.no_grad():
+        for name, conv in (("Conv_0", net.c1), ("Conv_1", net.c2)):
+            conv.weight.copy_(torch.from_numpy(p[name]["kernel"].transpose(3, 2, 0, 1).copy()))
+            conv.bias.copy_(torch.from_numpy(p[name]["bias"]))
+        k = p["Dense_0"]["kernel"].reshape(5, 5, 16, 120).transpose(2, 0, 1, 3).reshape(400, 120)
+        net.f1.weight.copy_(torch.from_numpy(k.T.copy()))
+        net.f1.bias.copy_(torch.from_numpy(p["Dense_0"]["bias"]))
+        for name, lin in (("Dense_1", net.f2), ("Dense_2", net.f3)):
+            lin.weight.copy_(torch.from_numpy(p[name]["kernel"].T.copy()))
+            lin.bias.copy_(torch.from_numpy(p[name]["bias"]))
+
+
+def timed(fn, repeats):
+    fn()                                   # warm-up (and compile, for JAX)
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data_dir", default="../shared/data/mnist")
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--square_queries", type=int, default=1000)
+    p.add_argument("--only", default=None, help="comma list of attack names")
+    args = p.parse_args()
+    torch.manual_seed(0)
+
+    cfg = standard.preset("mnist", data_dir=args.data_dir, train_split="test[:8000]",
+                          eval_split="test[8000:]", epochs=2, attack_examples=1,
+                          workdir=os.path.join(tempfile.mkdtemp(), "lenet"))
+    standard.train_and_evaluate(cfg, progress=False)
+    import jaxdefense
+    jmodel = jaxdefense.load(cfg.workdir)
+    f = jmodel.logits_fn
+    net = TorchLeNet5().eval()
+    copy_weights(jmodel_params(cfg.workdir), net)
+
+    test = data.load("mnist", "test[8000:]", args.data_dir)
+    n = args.batch_size * args.batches
+    x_np, y_np = test.x[:n], test.y[:n]
+    xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
+    yt = torch.from_numpy(y_np.astype(np.int64))
+    with torch.no_grad():
+        diff = float(np.abs(net(xt).numpy() - np.asarray(f(jnp.asarray(x_np)))).max())
+    eps, B = args.eps, args.batch_size
+    step = eps / 4
+    key = jax.random.key(0)
+    suite = {
+        "PGD-20": (lambda xb, yb: ja.pgd(f, xb, yb, key, eps=eps, step_size=step, steps=20),
+                   torchattacks.PGD(net, eps=eps, alpha=step, steps=20, random_start=True)),
+        "APGD-CE-100": (lambda xb, yb: ja.apgd(f, xb, yb, key, eps=eps, steps=100),
+                        torchattacks.APGD(net, eps=eps, steps=100, loss="ce")),
+        "APGD-T-100 (9 targets)": (
+            lambda xb, yb: ja.apgd_targeted(f, xb, yb, key, eps=eps, steps=100),
+            torchattacks.APGDT(net, eps=eps, steps=100, n_classes=10)),
+        f"Square-{args.square_queries}": (
+            lambda xb, yb: ja.square(f, xb, yb, key, eps=eps, n_queries=args.square_queries),
+            torchattacks.Square(net, eps=eps, n_queries=args.square_queries)),
+        f"ensemble APGD-CE+APGD-T+Square-{args.square_queries}": (
+            lambda xb, yb: ja.autoattack(f, xb, yb, key, eps=eps, steps=100,
+                                         square_queries=args.square_queries),
+            torchattacks.MultiAttack([
+                torchattacks.APGD(net, eps=eps, steps=100, loss="ce"),
+                torchattacks.APGDT(net, eps=eps, steps=100, n_classes=10),
+                torchattacks.Square(net, eps=eps, n_queries=args.square_queries)])),
+    }
+    only = set(args.only.split(",")) if args.only else None
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; jax {jax.__version__} "
+          f"({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), torchattacks {torchattacks.__version__}")
+    print(f"LeNet-5, clean acc {np.mean(np.asarray(jnp.argmax(f(jnp.asarray(x_np)), 1)) == y_np):.4f}"
+          f" on {n} held-out images; max |logit difference| jax vs torch {diff:.2e}; eps {eps}, "
+          f"batch {B}")
+    print("| attack | jaxdefense ms/batch | torchattacks ms/batch | speed ratio (torch/jax) |"
+          " jax robust acc | torch robust acc |\n|---|---|---|---|---|---|")
+    for name, (jfn, tatk) in suite.items():
+        if only and name.split("-")[0] not in only and name not in only:
+            continue
+        jt, tt, jc, tc = [], [], 0, 0
+        for b in range(args.batches):
+            xb, yb = jnp.asarray(x_np[b * B:(b + 1) * B]), jnp.asarray(y_np[b * B:(b + 1) * B])
+            t, adv = timed(lambda: jax.block_until_ready(jfn(xb, yb)), args.repeats)
+            jt.append(t)
+            jc += int(np.sum(np.asarray(jnp.argmax(f(adv), 1)) == y_np[b * B:(b + 1) * B]))
+            xtb, ytb = xt[b * B:(b + 1) * B], yt[b * B:(b + 1) * B]
+            t, tadv = timed(lambda: tatk(xtb, ytb), args.repeats)
+            tt.append(t)
+            with torch.no_grad():
+                tc += int((net(tadv).argmax(1) == ytb).sum())
+        jm, tm = 1000 * statistics.mean(jt), 1000 * statistics.mean(tt)
+        print(f"| {name} | {jm:.0f} | {tm:.0f} | {tm / jm:.2f} | {jc / n:.4f} | {tc / n:.4f} |",
+              flush=True)
+
+
+def jmodel_params(workdir):
+    from jaxdefense.checkpoint import Checkpoints
+    cfg = standard.StandardConfig(**jaxdefense_config(workdir))
+    state = Checkpoints(os.path.join(workdir, "classifier")).restore(
+        standard.init_state(cfg, jax.random.key(0), 1))
+    return state.params
+
+
+def jaxdefense_config(workdir):
+    from jaxdefense.checkpoint import load_config
+    return load_config(workdir)[1]
+
+
+if __name__ == "__main__":
+    main()
