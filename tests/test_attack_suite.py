@@ -141,3 +141,19 @@ def test_attack_errors():
         attacks.autoattack(net, x, y, jax.random.key(0), version="plus")
     with pytest.raises(ValueError, match="targets"):
         attacks.apgd_targeted(net, x, y, jax.random.key(0), targets=y[:3])
+
+
+def test_autoattack_compaction_matches_masking():
+    """Gathering robust points into power-of-two buckets reaches the robust accuracy of
+    masking them (random draws differ with the batch shape, so up to a few points)."""
+    from jaxdefense.attacks.autoattack import bucket_size
+    assert [bucket_size(n, 64) for n in (1, 3, 8, 9, 64)] == [1, 4, 8, 16, 64]
+    x, y = _data(64)
+    key = jax.random.key(4)
+    adv_c, log_c = attacks.autoattack(net, x, y, key, eps=0.1, steps=20, square_queries=100,
+                                      return_log=True)
+    adv_m, log_m = attacks.autoattack(net, x, y, key, eps=0.1, steps=20, square_queries=100,
+                                      compact=False, return_log=True)
+    assert float(jnp.max(jnp.abs(adv_c - x))) <= 0.1 + 1e-6
+    assert acc(adv_c, y) == pytest.approx(log_c["square"])
+    assert abs(log_c["square"] - log_m["square"]) <= 4 / 64

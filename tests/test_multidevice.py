@@ -46,3 +46,31 @@ def test_two_devices_match_one(tmp_path):
     assert set(one.files) == set(two.files)
     for k in one.files:
         np.testing.assert_allclose(one[k], two[k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+ATTACK_SCRIPT = r"""
+import sys, jax, jax.numpy as jnp, numpy as np
+from jaxdefense.attacks import apgd, pgd
+from jaxdefense.sharding import shard_batch
+assert jax.device_count() == int(sys.argv[2])
+W = jax.random.normal(jax.random.key(0), (16, 10))
+f = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ W)
+x = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1))
+y = jnp.argmax(f(x), 1)
+xs, ys = shard_batch((np.asarray(x), np.asarray(y)))
+a = pgd(f, xs, ys, jax.random.key(2), eps=0.1, steps=10)
+b = apgd(f, xs, ys, jax.random.key(2), eps=0.1, steps=20)
+np.savez(sys.argv[1] + "/adv.npz", pgd=np.asarray(a), apgd=np.asarray(b))
+"""
+
+
+def test_attacks_on_sharded_batches_match_one_device(tmp_path):
+    out = []
+    for n in (1, 2):
+        d = tmp_path / f"a{n}"
+        d.mkdir()
+        subprocess.run([sys.executable, "-c", ATTACK_SCRIPT, str(d), str(n)], check=True,
+                       env=run_env(n))
+        out.append(np.load(d / "adv.npz"))
+    for k in ("pgd", "apgd"):
+        np.testing.assert_allclose(out[0][k], out[1][k], atol=1e-6, err_msg=k)

@@ -3,13 +3,16 @@ attacks, each run only where the model is still right.
 
 'standard': APGD-CE, APGD-T (9 targets), Square (5000 queries). FAB-T is not included.
 'rand' (randomized defenses, logits_fn(x, key)): APGD-CE and APGD-DLR with 20 EOT draws.
-Batches keep one shape: points already fooled are masked, not removed, so nothing
-recompiles; an attack is skipped once no point is left.
+Points already fooled are dropped before the next attack: the robust ones are gathered
+into a batch whose size is the next power of two (so at most log2(B) shapes ever compile,
+not one per subset), padded by repeating a robust point. compact=False keeps the whole
+batch with masks instead. An attack is skipped once no point is left.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdefense.attacks.apgd import apgd, apgd_targeted
 from jaxdefense.attacks.common import call_logits, check_budget, check_images
@@ -33,9 +36,16 @@ def components(version: str, eps: float, steps: int, n_target_classes: int,
     raise ValueError(f"unknown AutoAttack version {version!r}; choose 'standard' or 'rand'")
 
 
+def bucket_size(n: int, total: int) -> int:
+    """The smallest power of two >= n, at most `total`, a multiple of the device count."""
+    d = jax.device_count()
+    size = min(total, 1 << max(0, (n - 1).bit_length()))
+    return min(total, -(-size // d) * d)
+
+
 def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "standard",
                steps: int = 100, n_target_classes: int = 9, square_queries: int = 5000,
-               eot_samples: int = 20, return_log: bool = False):
+               eot_samples: int = 20, compact: bool = True, return_log: bool = False):
     """x_adv where some attack fooled the model, else x. With return_log, also
     {attack: robust accuracy after it} (cumulative, over this batch)."""
     check_budget(eps, steps=steps)
@@ -51,9 +61,19 @@ def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "st
             log[name] = 0.0
             continue
         k = jax.random.fold_in(key, i)
-        cand = attack(logits_fn, x, y, k)
-        fooled = robust & (predict(cand, jax.random.fold_in(k, 1)) != y)
-        x_adv = jnp.where(fooled.reshape(-1, 1, 1, 1), cand, x_adv)
-        robust = robust & ~fooled
+        if compact:
+            idx = np.nonzero(np.asarray(robust))[0]
+            size = bucket_size(len(idx), len(x))
+            sub = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+            cand = attack(logits_fn, x[sub], y[sub], k)
+            hit = np.asarray(predict(cand, jax.random.fold_in(k, 1)) != y[sub])[:len(idx)]
+            fooled_idx = idx[hit]
+            x_adv = x_adv.at[fooled_idx].set(cand[:len(idx)][hit])
+            robust = robust.at[fooled_idx].set(False)
+        else:
+            cand = attack(logits_fn, x, y, k)
+            fooled = robust & (predict(cand, jax.random.fold_in(k, 1)) != y)
+            x_adv = jnp.where(fooled.reshape(-1, 1, 1, 1), cand, x_adv)
+            robust = robust & ~fooled
         log[name] = float(jnp.mean(robust))
     return (x_adv, log) if return_log else x_adv
