@@ -77,7 +77,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--square_queries", type=int, default=1000)
-    p.add_argument("--only", default=None, help="comma list of attack names")
+    p.add_argument("--only", default=None,
+                   help="comma list of name prefixes, e.g. PGD,ensemble")
     args = p.parse_args()
     torch.manual_seed(0)
 
@@ -120,7 +121,7 @@ def main():
                 torchattacks.APGDT(net, eps=eps, steps=100, n_classes=10),
                 torchattacks.Square(net, eps=eps, n_queries=args.square_queries)])),
     }
-    only = set(args.only.split(",")) if args.only else None
+    only = tuple(args.only.split(",")) if args.only else None
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; jax {jax.__version__} "
           f"({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), torchattacks {torchattacks.__version__}")
@@ -130,7 +131,7 @@ def main():
     print("| attack | jaxdefense ms/batch | torchattacks ms/batch | speed ratio (torch/jax) |"
           " jax robust acc | torch robust acc |\n|---|---|---|---|---|---|")
     for name, (jfn, tatk) in suite.items():
-        if only and name.split("-")[0] not in only and name not in only:
+        if only and not name.startswith(only):
             continue
         jt, tt, jc, tc = [], [], 0, 0
         for b in range(args.batches):
