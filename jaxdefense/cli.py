@@ -49,3 +49,19 @@ def parse_config(argv, config_cls, preset_fn, presets, prog: str, doc: str):
     defaults = preset_fn(known.dataset, known.smoke)
     args = config_parser(config_cls, defaults, prog, doc, presets).parse_args(argv)
     return config_cls(**{k: v for k, v in vars(args).items() if k != "smoke"})
+
+
+def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn) -> int:
+    """Parse a config, run `train_fn(cfg)`, print its result as JSON; bad input -> exit 2."""
+    import json
+    import sys
+    from jaxdefense.data import DatasetError
+    cfg = parse_config(sys.argv[1:] if argv is None else argv, config_cls, preset_fn, presets,
+                       prog, doc)
+    try:
+        result = train_fn(cfg)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0

@@ -114,3 +114,18 @@ def check_workdir(cfg: ExperimentConfig, defense: str) -> None:
     if old_defense != defense or diff:
         raise ValueError(f"{cfg.workdir} holds a {old_defense} run with other settings {diff}; "
                          f"use a new --workdir to start afresh")
+
+
+def start(cfg: ExperimentConfig, defense: str):
+    """Validate, refuse a mismatching workdir, load the data, record the config.
+
+    Returns (train, test, metrics_path, steps_per_epoch). Nothing is written before the
+    data has loaded, so a failed start leaves no workdir behind.
+    """
+    import os
+    from jaxdefense import checkpoint
+    cfg.validate()
+    check_workdir(cfg, defense)
+    train, test = load_datasets(cfg)
+    checkpoint.save_config(cfg.workdir, defense, dataclasses.asdict(cfg))
+    return train, test, os.path.join(cfg.workdir, "metrics.jsonl"), len(train) // cfg.batch_size

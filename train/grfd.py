@@ -10,25 +10,16 @@ field of GRFDConfig is a flag (see below). Re-running with the same --workdir re
 """
 from __future__ import annotations
 
-import json
 import sys
 
-from jaxdefense.cli import parse_config
-from jaxdefense.data import DatasetError
+from jaxdefense.cli import run_main
 from jaxdefense.defenses.grfd_config import PRESETS, GRFDConfig, preset
 
 
 def main(argv=None) -> int:
-    cfg = parse_config(sys.argv[1:] if argv is None else argv, GRFDConfig, preset, PRESETS,
-                       "python -m train.grfd", __doc__)
     from jaxdefense.defenses.grfd_train import train_and_evaluate
-    try:
-        result = train_and_evaluate(cfg)
-    except (DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    return run_main(argv, GRFDConfig, preset, PRESETS, "python -m train.grfd", __doc__,
+                    train_and_evaluate)
 
 
 if __name__ == "__main__":

@@ -9,26 +9,21 @@ workdir/results.json     clean / FGSM / PGD accuracy of the served defense
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdefense import checkpoint, config, data, evaluation, plots, robustness
+from jaxdefense import config, data, evaluation, plots, robustness
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd_config import GRFDConfig
 from jaxdefense.training import classifier_step, fit
 
+
 def train_and_evaluate(cfg: GRFDConfig, progress: bool = True) -> dict:
     """Run phases I-III (each resumes from its checkpoints) and the closing attack check."""
-    cfg.validate()
-    config.check_workdir(cfg, "grfd")
-    train, test = config.load_datasets(cfg)
-    checkpoint.save_config(cfg.workdir, "grfd", dataclasses.asdict(cfg))
-    metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
-    steps_per_epoch = len(train) // cfg.batch_size
+    train, test, metrics_path, steps_per_epoch = config.start(cfg, "grfd")
     key_gen, key_target, key_attack = jax.random.split(jax.random.key(cfg.seed), 3)
 
     # Phase I: LVCVAE + RSM on the full loss.

@@ -8,7 +8,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxdefense import checkpoint, config, evaluation, robustness
+from jaxdefense import config, evaluation, robustness
 from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE, ExperimentConfig
 from jaxdefense.data import dataset_info
 from jaxdefense.training import TrainState, classifier_step, fit, make_optimizer
@@ -40,12 +40,7 @@ def make_logits_fn(cfg: StandardConfig, variables):
 
 
 def train_and_evaluate(cfg: StandardConfig, progress: bool = True) -> dict:
-    cfg.validate()
-    config.check_workdir(cfg, "standard")
-    train, test = config.load_datasets(cfg)
-    checkpoint.save_config(cfg.workdir, "standard", dataclasses.asdict(cfg))
-    metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
-    steps_per_epoch = len(train) // cfg.batch_size
+    train, test, metrics_path, steps_per_epoch = config.start(cfg, "standard")
     key_init, key_attack = jax.random.split(jax.random.key(cfg.seed))
     model = config.make_classifier(cfg)
 
