@@ -35,7 +35,7 @@ class Checkpoints:
         """Restore into the structure, shapes and shardings of `template`."""
         step = self.latest() if step is None else step
         if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+            raise CheckpointError(f"no checkpoint in {self.directory} yet; finish training first")
         self._check_shapes(template, step)
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(template))

@@ -50,8 +50,6 @@ class DefendedClassifier:
 
 
 def _restore_vars(directory: str, template_state):
-    if Checkpoints(directory).latest() is None:
-        raise CheckpointError(f"{directory} has no checkpoint yet; finish training first")
     state = Checkpoints(directory).restore(template_state)
     return {"params": state.params, "batch_stats": state.batch_stats}
 

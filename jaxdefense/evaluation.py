@@ -9,7 +9,7 @@ from jaxdefense.data import padded_batches
 from jaxdefense.sharding import shard_batch
 
 
-def _batch_size(batch_size: int, n: int) -> int:
+def padded_batch_size(batch_size: int, n: int) -> int:
     """Round up to a multiple of the device count; no larger than needed for n examples."""
     d = jax.device_count()
     b = min(batch_size, max(n, 1))
@@ -18,7 +18,7 @@ def _batch_size(batch_size: int, n: int) -> int:
 
 def map_batches(fn, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """fn applied to x in batches (one compiled shape); returns numpy results for all rows."""
-    b = _batch_size(batch_size, len(x))
+    b = padded_batch_size(batch_size, len(x))
     jfn = jax.jit(fn)
     out = []
     for xb, _, mask in padded_batches(x, np.zeros(len(x), np.int32), b):

@@ -22,7 +22,7 @@ from jaxdefense import attacks as attack_lib
 from jaxdefense.attacks.presets import ALIASES, get_preset, preset_for
 from jaxdefense.data import padded_batches
 from jaxdefense import evaluation
-from jaxdefense.evaluation import _batch_size
+from jaxdefense.evaluation import padded_batch_size
 from jaxdefense.training import append_jsonl
 from jaxdefense.sharding import shard_batch
 
@@ -78,7 +78,7 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
                   desc=None):
     """Per-sample correctness [N] of `served` on examples crafted by `craft` against
     `attacked`; also the largest Linf distance seen."""
-    b = _batch_size(batch_size, len(x))
+    b = padded_batch_size(batch_size, len(x))
     predict = jax.jit(lambda xb, k: jnp.argmax(
         served(xb, k) if stochastic else served(xb), -1))
     correct, max_linf = [], 0.0

@@ -45,6 +45,13 @@ def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
                        b1=0.9, b2=0.999, weight_decay=cfg.weight_decay)
 
 
+def init_classifier_state(model, image_shape, tx, key) -> TrainState:
+    """A fresh TrainState (params, BatchNorm statistics, optimizer) for a flax classifier."""
+    variables = model.init(key, jnp.zeros((1, *image_shape)))
+    return TrainState.create(apply_fn=None, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+
 def classifier_step(model):
     """Cross-entropy training step for a flax classifier `model(x, train)`."""
     def loss_fn(params, batch_stats, x, y, key):

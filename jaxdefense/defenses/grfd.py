@@ -21,7 +21,7 @@ from jaxdefense import config
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses.grfd_config import GRFDConfig
 from jaxdefense.models import LVCVAE
-from jaxdefense.training import TrainState, make_optimizer
+from jaxdefense.training import TrainState, init_classifier_state, make_optimizer
 
 
 def make_vae(cfg: GRFDConfig) -> LVCVAE:
@@ -53,11 +53,8 @@ def init_generator_state(cfg: GRFDConfig, key, steps_per_epoch: int) -> TrainSta
 
 def init_target_state(cfg: GRFDConfig, key, steps_per_epoch: int) -> TrainState:
     """Phase III state: a fresh classifier of the RSM's architecture."""
-    shape = (1, *dataset_info(cfg.dataset)["shape"])
-    variables = make_classifier(cfg).init(key, jnp.zeros(shape))
-    return TrainState.create(apply_fn=None, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
-                             tx=make_optimizer(cfg, steps_per_epoch))
+    return init_classifier_state(make_classifier(cfg), dataset_info(cfg.dataset)["shape"],
+                                 make_optimizer(cfg, steps_per_epoch), key)
 
 
 def cosine_per_sample(a, b, eps: float = 1e-12):

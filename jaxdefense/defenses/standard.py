@@ -6,12 +6,12 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 
 from jaxdefense import config, evaluation, robustness
 from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE, ExperimentConfig
 from jaxdefense.data import dataset_info
-from jaxdefense.training import TrainState, classifier_step, fit, make_optimizer
+from jaxdefense.training import (TrainState, classifier_step, fit, init_classifier_state,
+                                 make_optimizer)
 
 
 @dataclasses.dataclass
@@ -27,11 +27,8 @@ def preset(dataset: str, smoke: bool = False, **overrides) -> StandardConfig:
 
 
 def init_state(cfg: StandardConfig, key, steps_per_epoch: int) -> TrainState:
-    variables = config.make_classifier(cfg).init(
-        key, jnp.zeros((1, *dataset_info(cfg.dataset)["shape"])))
-    return TrainState.create(apply_fn=None, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
-                             tx=make_optimizer(cfg, steps_per_epoch))
+    return init_classifier_state(config.make_classifier(cfg), dataset_info(cfg.dataset)["shape"],
+                                 make_optimizer(cfg, steps_per_epoch), key)
 
 
 def make_logits_fn(cfg: StandardConfig, variables):
