@@ -33,7 +33,8 @@ def parse_args(argv):
     p.add_argument("--threats", default="whitebox",
                    help="comma list of whitebox, target-only, transfer (default: whitebox)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="attack settings (default: the GRFD paper's for the dataset)")
+                   help="attack settings (default: the run's attack_preset, else the GRFD "
+                        "paper's for the dataset)")
     p.add_argument("--attacks", default=None, help="comma list: only these preset attacks")
     p.add_argument("--data_dir", default=None, help="(default: the workdir's)")
     p.add_argument("--split", default=None, help="(default: the workdir's eval_split)")
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         ds = data.load(cfg["dataset"], args.split or cfg["eval_split"],
                        args.data_dir or cfg["data_dir"]).take(args.examples)
         only = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else None
-        preset = args.preset or preset_for(cfg["dataset"])
+        preset = args.preset or preset_for(cfg["dataset"], cfg)
         attacks = get_preset(preset, args.max_steps, only)
         bad = set(threats) - set(robustness.THREATS)
         if bad:

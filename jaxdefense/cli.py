@@ -32,7 +32,8 @@ def config_parser(config_cls, defaults, prog: str, doc: str, presets) -> argpars
         if type(None) in args:
             kind = _optional(kind)
         default = getattr(defaults, f.name)
-        p.add_argument(f"--{f.name}", type=kind, default=default,
+        names = [f"--{f.name}"] + (["--arch"] if f.name == "classifier" else [])
+        p.add_argument(*names, type=kind, default=default,
                        choices=sorted(presets) if f.name == "dataset" else None,
                        help=f"(default: {default})")
     return p

@@ -13,6 +13,8 @@ import numpy as np
 
 from jaxdefense.data import dataset_info
 
+CLASSIFIER_NAMES = ("lenet5", "wide_resnet", "resnet18", "vgg16_bn")
+
 
 @dataclasses.dataclass
 class ExperimentConfig:
@@ -26,19 +28,24 @@ class ExperimentConfig:
     limit_eval: Optional[int] = None
     augment: bool = False             # random crop (pad 4) + flip, CIFAR presets
     # classifier
-    classifier: str = "lenet5"        # lenet5 | wide_resnet
+    classifier: str = "lenet5"        # lenet5 | wide_resnet | resnet18 | vgg16_bn
     lenet_width: float = 1.0
+    width: float = 1.0                # channel multiplier of resnet18 / vgg16_bn (tests: 0.125)
     wrn_depth: int = 28
     wrn_widen: int = 10
     wrn_dropout: float = 0.3
     dtype: str = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
-    # optimization: AdamW with torch's per-epoch CosineAnnealingLR
+    # optimization: adamw (torch's per-epoch CosineAnnealingLR) or sgd (momentum, step decay)
+    optimizer: str = "adamw"
     epochs: int = 150
     batch_size: int = 128
     lr: float = 1e-3
-    lr_min: float = 1e-4
-    lr_period: int = 50               # epochs of the cosine half-period
-    weight_decay: float = 1e-6
+    lr_min: float = 1e-4              # adamw: cosine floor
+    lr_period: int = 50               # adamw: epochs of the cosine half-period
+    lr_milestones: str = "75,90"      # sgd: epochs after which lr is multiplied by lr_decay
+    lr_decay: float = 0.1
+    momentum: float = 0.9             # sgd
+    weight_decay: float = 1e-6        # adamw: decoupled; sgd: L2 added to the gradient
     # bookkeeping
     seed: int = 0
     workdir: str = "runs/experiment"
@@ -50,7 +57,9 @@ class ExperimentConfig:
     def validate(self):
         dataset_info(self.dataset)
         checks = [
-            (self.classifier in ("lenet5", "wide_resnet"), "classifier must be lenet5 or wide_resnet"),
+            (self.classifier in CLASSIFIER_NAMES,
+             f"classifier must be one of {', '.join(CLASSIFIER_NAMES)}"),
+            (self.optimizer in ("adamw", "sgd"), "optimizer must be adamw or sgd"),
             (self.dtype in ("float32", "bfloat16"), "dtype must be float32 or bfloat16"),
             (0 < self.train_fraction <= 1, "train_fraction must be in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
@@ -58,7 +67,16 @@ class ExperimentConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        self.milestones()
         return self
+
+    def milestones(self) -> tuple[int, ...]:
+        """The sgd schedule's decay epochs, e.g. (75, 90)."""
+        try:
+            return tuple(int(m) for m in str(self.lr_milestones).split(",") if m.strip())
+        except ValueError:
+            raise ValueError(f"lr_milestones takes comma-separated epochs ('75,90'), "
+                             f"got {self.lr_milestones!r}") from None
 
 
 # Fields that may change between a run and its resumption.
@@ -66,18 +84,21 @@ RESUMABLE = {"workdir", "data_dir", "stop_after_epochs", "eval_every", "attack_e
              "keep_checkpoints", "limit_eval"}
 
 
-def make_classifier(cfg: ExperimentConfig, residual_input: bool = False):
+def make_classifier(cfg: ExperimentConfig, residual_input: bool = False, feature_hook=None):
     """The configured classifier. residual_input: it reads a residual such as GRFD's x_r
-    (centred near 0), so it divides by the data std without subtracting the mean."""
+    (centred near 0), so it divides by the data std without subtracting the mean.
+    feature_hook: a module applied at the backbone's feature insertion point (FSR)."""
     from jaxdefense.models import build_classifier
     info = dataset_info(cfg.dataset)
     mean = (0.0,) * len(info["mean"]) if residual_input else info["mean"]
     common = dict(num_classes=info["num_classes"], mean=mean, std=info["std"],
-                  dtype=jnp.dtype(cfg.dtype))
+                  dtype=jnp.dtype(cfg.dtype), feature_hook=feature_hook)
     if cfg.classifier == "lenet5":
         return build_classifier("lenet5", width=cfg.lenet_width, **common)
-    return build_classifier("wide_resnet", depth=cfg.wrn_depth, widen=cfg.wrn_widen,
-                            dropout=cfg.wrn_dropout, **common)
+    if cfg.classifier == "wide_resnet":
+        return build_classifier("wide_resnet", depth=cfg.wrn_depth, widen=cfg.wrn_widen,
+                                dropout=cfg.wrn_dropout, **common)
+    return build_classifier(cfg.classifier, width=cfg.width, **common)
 
 
 CLASSIFIER_PRESETS = {
@@ -86,7 +107,7 @@ CLASSIFIER_PRESETS = {
     "cifar10": dict(dataset="cifar10", classifier="wide_resnet", augment=True),
     "cifar100": dict(dataset="cifar100", classifier="wide_resnet", augment=True),
 }
-SMOKE = dict(lenet_width=0.5, wrn_depth=10, wrn_widen=1, epochs=2, batch_size=64,
+SMOKE = dict(lenet_width=0.5, width=0.125, wrn_depth=10, wrn_widen=1, epochs=2, batch_size=64,
              limit_train=512, limit_eval=256, attack_examples=128, eval_every=1)
 
 
@@ -110,7 +131,7 @@ def check_workdir(cfg: ExperimentConfig, defense: str) -> None:
         return
     old_defense, old = checkpoint.load_config(cfg.workdir)
     diff = {k: f"{old.get(k)} -> {v}" for k, v in dataclasses.asdict(cfg).items()
-            if k not in RESUMABLE and old.get(k) != v}
+            if k not in RESUMABLE and old.get(k, v) != v}  # fields added later: default
     if old_defense != defense or diff:
         raise ValueError(f"{cfg.workdir} holds a {old_defense} run with other settings {diff}; "
                          f"use a new --workdir to start afresh")

@@ -78,7 +78,17 @@ def _load_standard(workdir: str, config: dict):
     return cfg, logits_fn, {"classifier": logits_fn}
 
 
-LOADERS = {"grfd": _load_grfd, "standard": _load_standard}
+def _load_fsr(workdir: str, config: dict):
+    from jaxdefense.defenses import fsr_train
+    from jaxdefense.defenses.fsr_config import FSRConfig
+    cfg = FSRConfig(**config)
+    variables = _restore_vars(os.path.join(workdir, "classifier"),
+                              fsr_train.init_state(cfg, jax.random.key(0), 1))
+    logits_fn = fsr_train.make_logits_fn(cfg, variables)
+    return cfg, logits_fn, {"classifier": logits_fn}
+
+
+LOADERS = {"grfd": _load_grfd, "standard": _load_standard, "fsr": _load_fsr}
 
 
 def load(workdir: str) -> DefendedClassifier:

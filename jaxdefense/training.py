@@ -39,8 +39,20 @@ def cosine_per_epoch(lr: float, lr_min: float, period: int, steps_per_epoch: int
     return schedule
 
 
+def step_decay_per_epoch(lr: float, milestones, decay: float, steps_per_epoch: int):
+    """torch MultiStepLR: lr times decay**(number of milestone epochs passed)."""
+    return optax.piecewise_constant_schedule(
+        lr, {int(m) * steps_per_epoch: decay for m in milestones})
+
+
 def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
-    """AdamW (betas 0.9/0.999) with the per-epoch cosine schedule of `cfg`."""
+    """cfg.optimizer 'adamw': AdamW (betas 0.9/0.999) with the per-epoch cosine schedule;
+    'sgd': torch SGD (weight decay added to the gradient, then momentum) with step decay."""
+    if cfg.optimizer == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay),
+            optax.sgd(step_decay_per_epoch(cfg.lr, cfg.milestones(), cfg.lr_decay,
+                                           steps_per_epoch), momentum=cfg.momentum))
     return optax.adamw(cosine_per_epoch(cfg.lr, cfg.lr_min, cfg.lr_period, steps_per_epoch),
                        b1=0.9, b2=0.999, weight_decay=cfg.weight_decay)
 

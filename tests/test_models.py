@@ -2,12 +2,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxdefense.models import LVCVAE, LeNet5, WideResNet, build_classifier
+from jaxdefense.models import LVCVAE, VGG16BN, LeNet5, ResNet18, WideResNet, build_classifier
 
 
 @pytest.mark.parametrize("model,shape", [
     (LeNet5(num_classes=10, width=0.5), (2, 28, 28, 1)),
     (WideResNet(num_classes=100, depth=10, widen=1), (2, 32, 32, 3)),
+    (ResNet18(num_classes=10, width=0.125), (2, 32, 32, 3)),
+    (VGG16BN(num_classes=10, width=0.125), (2, 32, 32, 3)),
 ])
 def test_classifier_shapes(model, shape):
     x = jnp.ones(shape) * 0.5
@@ -40,6 +42,8 @@ def test_model_errors():
         build_classifier("resnet9000")
     with pytest.raises(ValueError, match="6n"):
         WideResNet(depth=11).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    with pytest.raises(ValueError, match="at least 32x32"):
+        VGG16BN(width=0.125).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(ValueError, match="divisible by 4"):
         LVCVAE(num_classes=10).init({"params": jax.random.key(0), "sample": jax.random.key(0)},
                                     jnp.zeros((1, 30, 30, 1)))

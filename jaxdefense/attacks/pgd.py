@@ -17,22 +17,28 @@ from jaxdefense.attacks.losses import get_loss
 
 
 def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, steps: int = 10,
-        random_start: bool = True, restarts: int = 1, loss: str = "ce",
-        eot_samples: int = 1, stochastic: bool = False):
+        random_start: bool = True, restarts: int = 1, loss="ce",
+        eot_samples: int = 1, stochastic: bool = False, start_std: float | None = None,
+        return_last: bool = False):
     """Untargeted Linf PGD. step_size defaults to 2.5 * eps / steps (Madry et al.).
 
-    loss: 'ce', 'margin' (C&W-Linf) or 'dlr'. stochastic=True calls logits_fn(x, key) and
-    averages gradients over eot_samples draws per step (see `eotpgd`).
+    loss: 'ce', 'margin' (C&W-Linf), 'dlr', or a callable `(logits, y) -> [B]` to maximize
+    (adversarial training passes e.g. TRADES' KL to the clean prediction). stochastic=True
+    calls logits_fn(x, key) and averages gradients over eot_samples draws per step (see
+    `eotpgd`). start_std: a Gaussian random start with this std (TRADES: 0.001) instead of
+    the uniform one. return_last: the last iterate instead of the best point (what
+    adversarial-training references use; cheaper, no extra forward pass).
     """
     check_budget(eps, steps=steps)
     step_size = 2.5 * eps / steps if step_size is None else step_size
     check_budget(eps, step_size, steps)
     check_images(x, y)
-    get_loss(loss)
+    if not callable(loss):
+        get_loss(loss)
     if restarts < 1 or eot_samples < 1:
         raise ValueError(f"restarts and eot_samples must be >= 1, got {restarts}, {eot_samples}")
     return _pgd(logits_fn, x, y, key, jnp.float32(eps), jnp.float32(step_size), steps,
-                random_start, restarts, loss, eot_samples, stochastic)
+                random_start, restarts, loss, eot_samples, stochastic, start_std, return_last)
 
 
 def eotpgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None,
@@ -46,20 +52,24 @@ def eotpgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None,
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "steps", "random_start", "restarts", "loss",
-                                   "eot_samples", "stochastic"))
+                                   "eot_samples", "stochastic", "start_std", "return_last"))
 def _pgd(logits_fn, x, y, key, eps, step_size, steps, random_start, restarts, loss,
-         eot_samples, stochastic):
-    loss_fn = get_loss(loss)
+         eot_samples, stochastic, start_std, return_last):
+    loss_fn = loss if callable(loss) else get_loss(loss)
 
     def evaluate(xa, k):
         return loss_and_grad(logits_fn, loss_fn, xa, y, k, eot_samples, stochastic)
 
+    def start(k):
+        if not random_start:
+            return x
+        if start_std is not None:
+            return project_linf(x + start_std * jax.random.normal(k, x.shape), x, eps)
+        return project_linf(x + jax.random.uniform(k, x.shape, minval=-eps, maxval=eps), x, eps)
+
     def one_run(best, run_key):
         k_start, k_steps = jax.random.split(run_key)
-        x0 = x
-        if random_start:
-            x0 = project_linf(x + jax.random.uniform(k_start, x.shape, minval=-eps, maxval=eps),
-                              x, eps)
+        x0 = start(k_start)
 
         def body(i, state):
             xa, best = state
@@ -72,5 +82,10 @@ def _pgd(logits_fn, x, y, key, eps, step_size, steps, random_start, restarts, lo
         logits = call_logits(logits_fn, xa, jax.random.fold_in(k_steps, steps), stochastic)
         return keep_best(xa, loss_fn(logits, y), jnp.argmax(logits, 1) != y, best), None
 
+    if return_last:   # one run, the last iterate (restarts are ignored)
+        def plain(i, xa):
+            _, _, g = evaluate(xa, jax.random.fold_in(key, i))
+            return project_linf(xa + step_size * jnp.sign(g), x, eps)
+        return jax.lax.fori_loop(0, steps, plain, start(jax.random.fold_in(key, steps)))
     (best_x, _, _), _ = jax.lax.scan(one_run, init_best(x), jax.random.split(key, restarts))
     return best_x

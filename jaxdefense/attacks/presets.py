@@ -27,6 +27,13 @@ PRESETS = {
         "pgd100": dict(eps=8 / 255, step_size=0.8 / 255, steps=100, random_start=False),
         "cw": dict(eps=8 / 255, step_size=0.8 / 255, steps=30, random_start=False, loss="margin"),
     },
+    # The FSR protocol at MNIST's usual budget (eps 0.3, step eps/10).
+    "fsr-mnist": {
+        "fgsm": dict(eps=0.3),
+        "pgd": dict(eps=0.3, step_size=0.03, steps=20, random_start=False),
+        "pgd100": dict(eps=0.3, step_size=0.03, steps=100, random_start=False),
+        "cw": dict(eps=0.3, step_size=0.03, steps=30, random_start=False, loss="margin"),
+    },
     # A quick check: FGSM and PGD-20 at 8/255.
     "linf-8": {
         "fgsm": dict(eps=8 / 255),
@@ -38,7 +45,11 @@ PRESETS = {
 ALIASES = {"pgd100": "pgd", "cw": "pgd"}
 
 
-def preset_for(dataset: str) -> str:
+def preset_for(dataset: str, config: dict | None = None) -> str:
+    """The default attack preset of a run: its config's `attack_preset` when it has one,
+    else the GRFD paper's settings for the dataset."""
+    if config and config.get("attack_preset"):
+        return config["attack_preset"]
     return "grfd-mnist" if dataset in ("mnist", "digits") else "grfd-cifar"
 
 

@@ -21,6 +21,8 @@ DATASETS = {
                     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
     "cifar100": dict(shape=(32, 32, 3), num_classes=100,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+    "svhn_cropped": dict(shape=(32, 32, 3), num_classes=10,
+                         mean=(0.4377, 0.4438, 0.4728), std=(0.1980, 0.2010, 0.1970)),
     # scikit-learn's 8x8 digits (1,797 images, shipped with the package), upscaled 3x and
     # padded to MNIST's 28x28 so MNIST models and presets apply unchanged.
     "digits": dict(shape=(28, 28, 1), num_classes=10, mean=(0.1307,), std=(0.3081,)),

@@ -1,7 +1,7 @@
 """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling: the MNIST target and RSM."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,6 +16,8 @@ class LeNet5(nn.Module):
     `width` scales every layer (1.0 is the original; tests use less). Inputs NHWC in pixel
     units, normalized here with (mean, std). conv_impl: 'auto' (im2col on CPU, XLA's
     convolution elsewhere), 'xla' or 'im2col'; the parameters are the same either way.
+    feature_hook: an optional module `hook(f, train) -> f` applied to the last feature map
+    (16x5x5 at width 1), e.g. FSR.
     """
     num_classes: int = 10
     width: float = 1.0
@@ -23,6 +25,7 @@ class LeNet5(nn.Module):
     std: Sequence[float] = (0.3081,)
     dtype: Any = jnp.float32
     conv_impl: str = "auto"
+    feature_hook: Optional[nn.Module] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -31,6 +34,8 @@ class LeNet5(nn.Module):
         conv = lambda n, pad, name: Conv(n, (5, 5), pad, self.conv_impl, self.dtype, name=name)
         x = max_pool_2x2(nn.relu(conv(w(6), "SAME", "Conv_0")(x)))
         x = max_pool_2x2(nn.relu(conv(w(16), "VALID", "Conv_1")(x)))
+        if self.feature_hook is not None:
+            x = self.feature_hook(x, train)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(w(120), dtype=self.dtype)(x))
         x = nn.relu(nn.Dense(w(84), dtype=self.dtype)(x))

@@ -1,7 +1,7 @@
 """WideResNet-d-k (Zagoruyko & Komodakis 2016), pre-activation blocks with dropout."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,7 +34,9 @@ class WideBlock(nn.Module):
 class WideResNet(nn.Module):
     """WRN-`depth`-`widen`; depth = 6n + 4. WRN-28-10 with dropout 0.3 is GRFD's CIFAR model.
 
-    Dropout draws from the 'dropout' rng in training mode.
+    Dropout draws from the 'dropout' rng in training mode. feature_hook: an optional module
+    `hook(f, train) -> f` applied after the final BN-ReLU (640x8x8 for WRN-34-10 on 32x32),
+    where FSR sits in its paper.
     """
     num_classes: int = 10
     depth: int = 28
@@ -43,6 +45,7 @@ class WideResNet(nn.Module):
     mean: Sequence[float] = (0.4914, 0.4822, 0.4465)
     std: Sequence[float] = (0.2470, 0.2435, 0.2616)
     dtype: Any = jnp.float32
+    feature_hook: Optional[nn.Module] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -57,5 +60,7 @@ class WideResNet(nn.Module):
                 x = WideBlock(c, stride, self.dropout, self.dtype)(x, train)
         x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                  dtype=self.dtype)(x))
+        if self.feature_hook is not None:
+            x = self.feature_hook(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
