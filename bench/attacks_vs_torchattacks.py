@@ -54,7 +54,7 @@ def copy_weights(params, net: TorchLeNet5):
         k = p["Dense_0"]["kernel"].reshape(5, 5, 16, 120).transpose(2, 0, 1, 3).reshape(400, 120)
         net.f1.weight.copy_(torch.from_numpy(k.T.copy()))
         net.f1.bias.copy_(torch.from_numpy(p["Dense_0"]["bias"]))
-        for name, lin in (("Dense_1", net.f2), ("Dense_2", net.f3)):
+        for name, lin in (("Dense_1", net.f2), ("head", net.f3)):
             lin.weight.copy_(torch.from_numpy(p[name]["kernel"].T.copy()))
             lin.bias.copy_(torch.from_numpy(p[name]["bias"]))
 

@@ -1,5 +1,4 @@
 """FSR module, adversarial-training losses and steps, on tiny models."""
-import functools
 
 import chex
 import jax
@@ -13,7 +12,7 @@ from jaxdefense.defenses import adversarial_training as advt
 from jaxdefense.defenses import fsr
 from jaxdefense.defenses.fsr_config import FSRConfig, preset
 from jaxdefense.defenses.fsr_train import init_state, make_step
-from jaxdefense.training import init_classifier_state
+
 
 
 def _init(module, f):

@@ -39,4 +39,5 @@ class LeNet5(nn.Module):
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(w(120), dtype=self.dtype)(x))
         x = nn.relu(nn.Dense(w(84), dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        self.sow("intermediates", "embedding", x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

@@ -44,4 +44,5 @@ class VGG16BN(nn.Module):
                 x = self.feature_hook(x, train)
             x = max_pool_2x2(x)
         x = jnp.mean(x, axis=(1, 2))   # 1x1 on 32x32 inputs; also accepts larger images
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        self.sow("intermediates", "embedding", x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

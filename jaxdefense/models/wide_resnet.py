@@ -63,4 +63,5 @@ class WideResNet(nn.Module):
         if self.feature_hook is not None:
             x = self.feature_hook(x, train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        self.sow("intermediates", "embedding", x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

@@ -1,0 +1,209 @@
+"""What the input-purification defenses (ARN, IDFR) share: their config fields, the frozen
+target classifier, and the adversarial training sets crafted against it.
+
+The target is a standard classifier: trained in `workdir/target` with the same flags as
+`python -m train.standard` (the ExperimentConfig fields describe it), or restored from
+`--target_workdir`. The purifier has its own `purifier_*` fields. Seen attacks are crafted
+once per run against the frozen target (it does not change, so once equals on the fly up to
+the random starts) and stacked with the natural images along the channel axis, so shuffling
+and crop/flip augmentation move them together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxdefense import config, evaluation
+from jaxdefense.attacks import losses as attack_losses
+from jaxdefense.attacks import pgd
+from jaxdefense.checkpoint import CheckpointError, load_config
+from jaxdefense.config import ExperimentConfig
+from jaxdefense.data import padded_batches
+from jaxdefense.defenses import standard
+from jaxdefense.evaluation import padded_batch_size
+from jaxdefense.training import Checkpoints, classifier_step, fit
+
+SEEN_ATTACKS = ("pgd", "pgd_targeted")
+
+
+@dataclasses.dataclass
+class PurificationConfig(ExperimentConfig):
+    # the frozen target (the ExperimentConfig fields train it, as python -m train.standard)
+    target_workdir: Optional[str] = None   # restore this train.standard run instead
+    # seen attacks, crafted against the target: Linf PGD budget in pixel units
+    attack_eps: float = 0.3
+    attack_step_size: float = 0.01
+    attack_steps: int = 40
+    seen_attacks: str = "pgd,pgd_targeted"   # pgd (untargeted) and / or pgd_targeted
+    # the purifier
+    purifier_epochs: int = 100
+    purifier_lr: float = 1e-4
+    purifier_batch_size: int = 128
+
+    def attacks(self) -> tuple[str, ...]:
+        names = tuple(a.strip() for a in self.seen_attacks.split(",") if a.strip())
+        if not names or set(names) - set(SEEN_ATTACKS):
+            raise ValueError(f"seen_attacks takes a comma list of {SEEN_ATTACKS}, "
+                             f"got {self.seen_attacks!r}")
+        return names
+
+    def validate(self):
+        super().validate()
+        self.attacks()
+        checks = [
+            (self.attack_eps >= 0 and self.attack_step_size >= 0 and self.attack_steps >= 1,
+             "attack_eps and attack_step_size must be >= 0, attack_steps >= 1"),
+            (self.purifier_epochs >= 1 and self.purifier_batch_size >= 1,
+             "purifier_epochs and purifier_batch_size must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        return self
+
+
+def target_config(cfg: PurificationConfig) -> standard.StandardConfig:
+    """The target's own config: a train.standard run's, or cfg's classifier fields."""
+    if cfg.target_workdir:
+        defense, saved = load_config(cfg.target_workdir)
+        if defense != "standard":
+            raise CheckpointError(f"--target_workdir must be a train.standard run, "
+                                  f"{cfg.target_workdir} holds {defense!r}")
+        tcfg = standard.StandardConfig(**saved)
+        if tcfg.dataset != cfg.dataset:
+            raise ValueError(f"target {cfg.target_workdir} was trained on {tcfg.dataset}, "
+                             f"not {cfg.dataset}")
+        return tcfg
+    fields = {f.name for f in dataclasses.fields(standard.StandardConfig)}
+    return standard.StandardConfig(**{k: v for k, v in dataclasses.asdict(cfg).items()
+                                      if k in fields})
+
+
+def target_dir(cfg: PurificationConfig) -> str:
+    return (os.path.join(cfg.target_workdir, "classifier") if cfg.target_workdir
+            else os.path.join(cfg.workdir, "target"))
+
+
+def restore_target(cfg: PurificationConfig):
+    """(model, variables) of the trained target."""
+    tcfg = target_config(cfg)
+    state = Checkpoints(target_dir(cfg)).restore(standard.init_state(tcfg, jax.random.key(0), 1))
+    return config.make_classifier(tcfg), {"params": state.params,
+                                          "batch_stats": state.batch_stats}
+
+
+def train_target(cfg: PurificationConfig, train, test, metrics_path, progress=True):
+    """Train the target in workdir/target (resumable), or restore --target_workdir.
+    Returns (model, variables), or None if stopped early by stop_after_epochs."""
+    if cfg.target_workdir:
+        return restore_target(cfg)
+    tcfg = target_config(cfg)
+    model = config.make_classifier(tcfg)
+    spe = len(train) // tcfg.batch_size
+    state = fit(standard.init_state(tcfg, jax.random.key(cfg.seed), spe), classifier_step(model),
+                train.x, train.y, epochs=tcfg.epochs, batch_size=tcfg.batch_size, seed=cfg.seed,
+                augment=tcfg.augment, ckpt_dir=target_dir(cfg), phase="target",
+                eval_fn=lambda st: {"acc": evaluation.accuracy(
+                    lambda xb: model.apply({"params": st.params,
+                                            "batch_stats": st.batch_stats}, xb), test.x, test.y)},
+                eval_every=cfg.eval_every, metrics_path=metrics_path, keep=cfg.keep_checkpoints,
+                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
+    if int(state.step) < tcfg.epochs * spe:
+        return None
+    return model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def craft_one(logits_fn, x, y, key, name: str, cfg: PurificationConfig):
+    """One seen attack on a batch: untargeted PGD, or PGD toward a random wrong class."""
+    budget = dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size, steps=cfg.attack_steps,
+                  return_last=True)
+    if name == "pgd":
+        return pgd(logits_fn, x, y, key, **budget)
+    k = logits_fn(x).shape[-1]
+    target = (y + jax.random.randint(jax.random.fold_in(key, 1), y.shape, 1, k)) % k
+    return pgd(logits_fn, x, target, key,
+               loss=lambda logits, t: -attack_losses.cross_entropy(logits, t), **budget)
+
+
+def craft_set(logits_fn, x: np.ndarray, y: np.ndarray, key, cfg: PurificationConfig,
+              batch_size: int = 256, progress: bool = True, desc: str = "seen attacks"):
+    """[N, H, W, C * (1 + A)]: natural images then each seen attack, along channels."""
+    b = padded_batch_size(batch_size, len(x))
+    names = cfg.attacks()
+    out = []
+    batches = padded_batches(x, y, b)
+    for i, (xb, yb, mask) in enumerate(tqdm(batches, total=-(-len(x) // b), desc=desc,
+                                            disable=not progress, leave=False)):
+        xb, yb = jnp.asarray(xb), jnp.asarray(yb)
+        advs = [craft_one(logits_fn, xb, yb, jax.random.fold_in(key, 2 * i + a), n, cfg)
+                for a, n in enumerate(names)]
+        out.append(np.asarray(jnp.concatenate([xb, *advs], -1))[mask])
+    return np.concatenate(out)
+
+
+def split_stack(xs, channels: int):
+    """Inverse of craft_set's stacking: [natural, attack_1, ..., attack_A]."""
+    return [xs[..., i:i + channels] for i in range(0, xs.shape[-1], channels)]
+
+
+def prepare(cfg: PurificationConfig, defense: str, progress: bool = True) -> dict:
+    """Start the run, train (or restore) the target and craft the seen attacks on the
+    training set. Returns dict(train, test, metrics_path, target=(model, vars), stack), or
+    {'stopped': 'target'} when stop_after_epochs ended the call during the target phase."""
+    train, test, metrics_path, _ = config.start(cfg, defense)
+    target = train_target(cfg, train, test, metrics_path, progress)
+    if target is None:
+        return {"stopped": "target"}
+    model, variables = target
+    stack = craft_set(lambda x: model.apply(variables, x), train.x, train.y,
+                      jax.random.key(cfg.seed + 2), cfg, progress=progress)
+    return dict(train=train, test=test, metrics_path=metrics_path, target=target, stack=stack)
+
+
+def distance_to_clean(purify, x, x_adv) -> dict:
+    """Mean L2 distance to the clean images of x_adv and of purify(x_adv), and of purify(x)."""
+    l2 = lambda a, b: float(np.mean(np.sqrt(np.sum((np.asarray(a) - np.asarray(b)) ** 2,
+                                                   axis=(1, 2, 3)))))
+    p_adv = evaluation.map_batches(purify, x_adv)
+    return {"adv": l2(x_adv, x), "purified_adv": l2(p_adv, x),
+            "purified_clean": l2(evaluation.map_batches(purify, x), x)}
+
+
+def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool = True) -> dict:
+    """Served = target(purify(x)). On the first attack_examples of the eval split: FGSM and
+    PGD at the seen-attack budget, crafted against the bare target and then purified (the
+    papers' protocol, threat 'target-only') and against the whole pipeline ('whitebox');
+    plus the L2 distance to clean images before and after purification."""
+    import json
+    from jaxdefense import robustness
+    model, variables = ready["target"]
+    target_fn = lambda x: model.apply(variables, x)
+    served = lambda x: model.apply(variables, purify(x))
+    test = ready["test"]
+    sub = test.take(cfg.attack_examples)
+    attacks = {"fgsm": dict(eps=cfg.attack_eps),
+               "pgd": dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size,
+                           steps=cfg.attack_steps)}
+    key = jax.random.key(cfg.seed + 3)
+    result = robustness.report(robustness.Models(served=served, classifier=target_fn), sub.x,
+                               sub.y, key, attacks, ("target-only", "whitebox"),
+                               progress=progress)
+    x_adv = craft_set(target_fn, sub.x, sub.y, key, dataclasses.replace(cfg, seen_attacks="pgd"),
+                      progress=False)[..., sub.x.shape[-1]:]
+    summary = {"clean_acc_full_eval": evaluation.accuracy(served, test.x, test.y),
+               "target_clean_acc_full_eval": evaluation.accuracy(target_fn, test.x, test.y),
+               "attack_examples": len(sub), "clean_acc": result["clean"],
+               "target_only": result["target-only"], "whitebox": result["whitebox"],
+               "l2_to_clean_on_target_pgd": distance_to_clean(purify, sub.x, x_adv),
+               "attacks": attacks}
+    from jaxdefense.training import append_jsonl
+    append_jsonl(ready["metrics_path"], {"phase": "report", **summary})
+    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
