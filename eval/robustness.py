@@ -6,7 +6,13 @@
 
 Threat models: whitebox (attacks see the whole served pipeline), target-only (they see the
 classifier inside it; the examples then go through the defense), transfer (they see the
-model in --source_workdir, e.g. one from `python -m train.standard`). Prints a table of
+model in --source_workdir, e.g. one from `python -m train.standard`). For ARN and IDFR,
+target-only is their papers' protocol (craft against the bare target, then purify).
+--preprocess puts bit-depth reduction or feature squeezing in front of any model, attacked
+through BPDA:
+
+    python -m eval.robustness --workdir=runs/std-mnist --preprocess=squeeze:4,2 \
+        --threats=target-only,whitebox Prints a table of
 clean and robust accuracy with the per-sample worst case, the sanity checks of Carlini et
 al., and writes robustness.json and robustness_eps.png (accuracy against eps) to --out_dir.
 """
@@ -23,6 +29,7 @@ import jaxdefense
 from jaxdefense import data, plots, robustness
 from jaxdefense.attacks.presets import PRESETS, get_preset, preset_for
 from jaxdefense.checkpoint import CheckpointError
+from jaxdefense.defenses import preprocessing
 
 
 def parse_args(argv):
@@ -36,6 +43,12 @@ def parse_args(argv):
                    help="attack settings (default: the run's attack_preset, else the GRFD "
                         "paper's for the dataset)")
     p.add_argument("--attacks", default=None, help="comma list: only these preset attacks")
+    p.add_argument("--preprocess", default=None,
+                   help="put an input transform in front of the model: bits:B, median:S, "
+                        "squeeze:B,S (joined by '+'); the bit-depth / feature-squeezing baselines")
+    p.add_argument("--bpda", type=int, default=1,
+                   help="with --preprocess: attack through it with BPDA (identity backward); "
+                        "0 uses its true, flat gradients (obfuscated; overstates robustness)")
     p.add_argument("--data_dir", default=None, help="(default: the workdir's)")
     p.add_argument("--split", default=None, help="(default: the workdir's eval_split)")
     p.add_argument("--examples", type=int, default=1000, help="first N examples (default: 1000)")
@@ -70,13 +83,22 @@ def main(argv=None) -> int:
     except (CheckpointError, data.DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    models = robustness.Models(served=model.logits_fn, classifier=model.parts.get("classifier"),
+    served = model.logits_fn
+    if args.preprocess:
+        try:
+            served = preprocessing.preprocessed(model.logits_fn, args.preprocess, bool(args.bpda))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    models = robustness.Models(served=served, classifier=model.parts.get("classifier"),
                                source=source.logits_fn if source else None)
     key = jax.random.key(args.seed)
     result = robustness.report(models, ds.x, ds.y, key, attacks, threats, args.batch_size)
     result.update(preset=preset, attacks=attacks, workdir=args.workdir,
                   source_workdir=args.source_workdir)
-    print(f"\n{model.defense} on {cfg['dataset']} ({len(ds)} examples, preset {preset})")
+    defense = model.defense + (f" + {args.preprocess}" if args.preprocess else "")
+    result.update(defense=defense, bpda=bool(args.bpda) if args.preprocess else None)
+    print(f"\n{defense} on {cfg['dataset']} ({len(ds)} examples, preset {preset})")
     print(robustness.format_table(result))
     if args.checks:
         checks = robustness.sanity_checks(models, ds.x, ds.y, key, result, model.num_classes,
@@ -92,7 +114,7 @@ def main(argv=None) -> int:
                                                    batch_size=args.batch_size)
         png = plots.accuracy_vs_eps(os.path.join(out_dir, "robustness_eps.png"),
                                     result["eps_sweep"],
-                                    title=f"{model.defense} on {cfg['dataset']}, white-box")
+                                    title=f"{defense} on {cfg['dataset']}, white-box")
         print(f"\nwrote {png}")
     with open(os.path.join(out_dir, "robustness.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -23,7 +23,8 @@ class DefendedClassifier:
     """A served defense: `logits_fn(x)` is differentiable and can be attacked directly.
 
     parts: named stages for inspection and for the target-only threat model, e.g.
-    'classifier' (the bare classifier inside) and, for GRFD, 'disentangle' (x -> x_u, x_r).
+    'classifier' (the bare classifier inside) and, for GRFD, 'disentangle' (x -> x_u, x_r);
+    for ARN and IDFR, 'purify' (x -> purified x).
     """
     logits_fn: Callable
     image_shape: tuple
@@ -88,7 +89,32 @@ def _load_fsr(workdir: str, config: dict):
     return cfg, logits_fn, {"classifier": logits_fn}
 
 
-LOADERS = {"grfd": _load_grfd, "standard": _load_standard, "fsr": _load_fsr}
+def _load_arn(workdir: str, config: dict):
+    from jaxdefense.defenses import arn, purification
+    cfg = arn.ARNConfig(**config)
+    target_model, target_vars = purification.restore_target(cfg)
+    state = Checkpoints(os.path.join(workdir, "arn")).restore(arn.init_state(cfg, jax.random.key(0)))
+    purify = arn.make_purifier(cfg, state.params, state.batch_stats)
+    classifier = lambda x: target_model.apply(target_vars, x)
+    return cfg, lambda x: classifier(purify(x)), {"classifier": classifier, "purify": purify}
+
+
+def _load_idfr(workdir: str, config: dict):
+    from jaxdefense.defenses import idfr, purification
+    cfg = idfr.IDFRConfig(**config)
+    target_model, target_vars = purification.restore_target(cfg)
+    shape = dataset_info(cfg.dataset)["shape"]
+    id_vars = _restore_vars(os.path.join(workdir, "id"), idfr.init_id_state(cfg, jax.random.key(0)))
+    dim = idfr.embedding_dim(target_model, target_vars, shape)
+    fr_vars = _restore_vars(os.path.join(workdir, "fr"),
+                            idfr.init_fr_state(cfg, jax.random.key(0), dim))
+    logits_fn, denoise = idfr.make_logits_fn(cfg, id_vars, fr_vars, target_model, target_vars)
+    return cfg, logits_fn, {"classifier": lambda x: target_model.apply(target_vars, x),
+                            "purify": denoise}
+
+
+LOADERS = {"grfd": _load_grfd, "standard": _load_standard, "fsr": _load_fsr, "arn": _load_arn,
+           "idfr": _load_idfr}
 
 
 def load(workdir: str) -> DefendedClassifier:

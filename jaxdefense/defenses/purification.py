@@ -175,8 +175,9 @@ def distance_to_clean(purify, x, x_adv) -> dict:
             "purified_clean": l2(evaluation.map_batches(purify, x), x)}
 
 
-def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool = True) -> dict:
-    """Served = target(purify(x)). On the first attack_examples of the eval split: FGSM and
+def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool = True,
+                   served=None) -> dict:
+    """Served = target(purify(x)) unless given. On the first attack_examples of the eval split: FGSM and
     PGD at the seen-attack budget, crafted against the bare target and then purified (the
     papers' protocol, threat 'target-only') and against the whole pipeline ('whitebox');
     plus the L2 distance to clean images before and after purification."""
@@ -184,7 +185,7 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
     from jaxdefense import robustness
     model, variables = ready["target"]
     target_fn = lambda x: model.apply(variables, x)
-    served = lambda x: model.apply(variables, purify(x))
+    served = served or (lambda x: model.apply(variables, purify(x)))
     test = ready["test"]
     sub = test.take(cfg.attack_examples)
     attacks = {"fgsm": dict(eps=cfg.attack_eps),
