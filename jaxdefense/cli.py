@@ -56,12 +56,13 @@ def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn
     """Parse a config, run `train_fn(cfg)`, print its result as JSON; bad input -> exit 2."""
     import json
     import sys
+    from jaxdefense.checkpoint import CheckpointError
     from jaxdefense.data import DatasetError
     cfg = parse_config(sys.argv[1:] if argv is None else argv, config_cls, preset_fn, presets,
                        prog, doc)
     try:
         result = train_fn(cfg)
-    except (DatasetError, ValueError) as e:
+    except (CheckpointError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

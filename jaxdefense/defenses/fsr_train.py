@@ -64,6 +64,7 @@ def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:
     if int(state.step) < cfg.epochs * steps_per_epoch:
         return {"stopped": "classifier", "epochs_done": int(state.step) // steps_per_epoch}
     logits_fn = make_logits_fn(cfg, {"params": state.params, "batch_stats": state.batch_stats})
-    attacks = get_preset(cfg.attack_preset, only=("fgsm", "pgd", "cw"))
+    attacks = {k: v for k, v in get_preset(cfg.attack_preset).items()
+               if k in ("fgsm", "pgd", "cw")}
     return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path, progress,
                                      attacks=attacks)
