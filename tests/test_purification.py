@@ -9,7 +9,6 @@ import pytest
 
 import jaxdefense
 from jaxdefense import data
-from jaxdefense.attacks import pgd
 from jaxdefense.defenses import arn, idfr, preprocessing, purification
 from jaxdefense.models.arn import AttackDiscriminator, Decoder, Encoder, ImageDiscriminator
 from jaxdefense.models.unet import FeatureRestorer, UNet
@@ -139,14 +138,25 @@ def test_target_workdir_must_be_a_standard_run(tmp_path):
 
 
 def test_arn_on_real_mnist_reduces_distance_to_clean(tmp_path):
-    """A short real-data run: the purifier brings PGD examples closer to the clean images."""
+    """A short real-data run: ARN brings PGD examples (crafted against the target) closer to
+    the clean images. Measured: L2 5.07 before, 4.03 after (8 epochs of 2,000 images)."""
+    import os
+    from jaxdefense.training import fit
     cfg = arn.preset("mnist", data_dir=mnist_dir(), train_split="test[:2000]",
-                     eval_split="test[9000:]", epochs=1, lenet_width=0.5, attack_steps=10,
-                     attack_step_size=0.05, purifier_epochs=3, arn_base=16, z_dim=64,
-                     attack_examples=100, workdir=str(tmp_path / "arn"))
-    report = arn.train_and_evaluate(cfg, progress=False)
-    d = report["l2_to_clean_on_target_pgd"]
-    print(json.dumps(report))
+                     eval_split="test[9000:9100]", epochs=2, lenet_width=0.5, batch_size=64,
+                     seen_attacks="pgd", attack_steps=5, attack_step_size=0.075, arn_base=8,
+                     z_dim=32, purifier_lr=2e-3, purifier_batch_size=64, purifier_epochs=8,
+                     workdir=str(tmp_path / "arn"))
+    ready = purification.prepare(cfg, "arn", progress=False)
+    state = fit(arn.init_state(cfg, jax.random.key(1)), arn.train_step(cfg), ready["stack"],
+                ready["train"].y, epochs=cfg.purifier_epochs, batch_size=64, seed=0,
+                ckpt_dir=os.path.join(cfg.workdir, "arn"), phase="arn", progress=False)
+    model, variables = ready["target"]
+    test = ready["test"]
+    assert float(np.mean(np.argmax(model.apply(variables, test.x), -1) == test.y)) > 0.6
+    x_adv = purification.craft_set(lambda x: model.apply(variables, x), test.x, test.y,
+                                   jax.random.key(5), cfg, progress=False)[..., 1:]
+    d = purification.distance_to_clean(arn.make_purifier(cfg, state.params, state.batch_stats),
+                                       test.x, x_adv)
+    print(d)
     assert d["purified_adv"] < d["adv"]
-    # the target itself: trained one epoch, far above chance (0.1)
-    assert report["target_clean_acc_full_eval"] > 0.6

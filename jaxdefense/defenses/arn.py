@@ -9,7 +9,9 @@ transform serves all):
 - D_I (image discriminator): real = natural image, fake = G(E(x~)) of adversarial inputs;
   non-saturating GAN loss plus `gp_weight` * (||grad D_I||_2 - 1)^2 on interpolates (the
   reference's gradient penalty);
-- E and G: rec_weight * MSE(G(E(x~)), x) over natural and adversarial inputs
+- E and G: rec_weight * ||G(E(x~)) - x||^2 (summed over pixels, per image, as the KL is
+  summed over latent dims; with a per-pixel mean the KL term wins and the adversarial
+  encodings collapse to the prior) over natural and adversarial inputs
   + lambda1 * L_att (cross-entropy of D_A's prediction against the uniform distribution)
   + lambda2 * L_nor (KL of each seen attack's encoding to N(0, I))
   + theta * L_gan (D_I should call G's output real).
@@ -137,7 +139,7 @@ def train_step(cfg: ARNConfig):
         def ae_loss(p_ae):
             p = {**params, **p_ae}
             mu, logvar, z, recon, bs = autoencode(p, state.batch_stats, inputs, k_z)
-            rec = jnp.mean((recon - targets) ** 2, axis=(1, 2, 3))
+            rec = jnp.sum((recon - targets) ** 2, axis=(1, 2, 3))   # per image, like the KL
             da_logits = nets["d_att"].apply({"params": jax.lax.stop_gradient(params["d_att"])},
                                             z[b:])
             att = -jnp.mean(jax.nn.log_softmax(da_logits), axis=-1)   # CE to uniform

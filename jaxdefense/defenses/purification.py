@@ -65,6 +65,7 @@ class PurificationConfig(ExperimentConfig):
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        target_config(self)      # a bad --target_workdir fails before anything is written
         return self
 
 
