@@ -91,22 +91,17 @@ def make_denoiser(cfg: IDFRConfig, id_vars):
     return lambda x: unet.apply(id_vars, x)
 
 
-def id_step(cfg: IDFRConfig, target_model, target_vars):
-    unet = make_unet(cfg)
-    channels = dataset_info(cfg.dataset)["shape"][-1]
-
+def frozen_classifier_step(module, make_inputs, classify):
+    """A `training.fit` step for a module with BatchNorm whose outputs a frozen classifier
+    must get right: make_inputs(batch, key) -> (inputs, labels); the loss is the mean
+    cross-entropy of classify(module(inputs))."""
     def step(state, batch, key, hparams):
-        xs, y = batch
-        x_nat, *advs = purification.split_stack(xs, channels)
-        noisy = [jnp.clip(x_nat + cfg.noise_std * jax.random.normal(
-            jax.random.fold_in(key, r), x_nat.shape), 0, 1) for r in range(cfg.noise_rounds)]
-        inputs = jnp.concatenate(advs + noisy, 0)
-        labels = jnp.tile(y, len(advs) + len(noisy))
+        inputs, labels = make_inputs(batch, key)
 
         def loss_fn(params):
-            out, mut = unet.apply({"params": params, "batch_stats": state.batch_stats}, inputs,
-                                  train=True, mutable=["batch_stats"])
-            logits = target_model.apply(target_vars, out)
+            out, mut = module.apply({"params": params, "batch_stats": state.batch_stats}, inputs,
+                                    train=True, mutable=["batch_stats"])
+            logits = classify(out)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             acc = jnp.mean(jnp.argmax(logits, -1) == labels)
             return ce.mean(), (mut["batch_stats"], dict(loss=ce.mean(), acc=acc))
@@ -114,6 +109,21 @@ def id_step(cfg: IDFRConfig, target_model, target_vars):
         grads, (bs, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=grads, batch_stats=bs), metrics
     return step
+
+
+def id_step(cfg: IDFRConfig, target_model, target_vars):
+    """ID: the target's CE on ID(x_adv) and on ID of `noise_rounds` noisy copies of x."""
+    channels = dataset_info(cfg.dataset)["shape"][-1]
+
+    def make_inputs(batch, key):
+        xs, y = batch
+        x_nat, *advs = purification.split_stack(xs, channels)
+        noisy = [jnp.clip(x_nat + cfg.noise_std * jax.random.normal(
+            jax.random.fold_in(key, r), x_nat.shape), 0, 1) for r in range(cfg.noise_rounds)]
+        return jnp.concatenate(advs + noisy, 0), jnp.tile(y, len(advs) + len(noisy))
+
+    return frozen_classifier_step(make_unet(cfg), make_inputs,
+                                  lambda out: target_model.apply(target_vars, out))
 
 
 def same_class_partner(y, key):
@@ -123,31 +133,22 @@ def same_class_partner(y, key):
 
 
 def fr_step(cfg: IDFRConfig, denoise, target_model, target_vars):
-    fr = FeatureRestorer(cfg.fr_depth)
+    """FR: the frozen head on FR(alpha h_a + (1 - alpha) h_b), same-class embeddings of ID
+    outputs (clean and adversarial)."""
     channels = dataset_info(cfg.dataset)["shape"][-1]
 
-    def step(state, batch, key, hparams):
+    def make_inputs(batch, key):
         xs, y = batch
         parts = purification.split_stack(xs, channels)
         emb, _ = embedding_and_logits(target_model, target_vars, denoise(jnp.concatenate(parts)))
         emb = jax.lax.stop_gradient(emb)
         labels = jnp.tile(y, len(parts))
         k_pair, k_alpha = jax.random.split(key)
-        partner = same_class_partner(labels, k_pair)
         alpha = jax.random.uniform(k_alpha, (len(labels), 1))
-        mixed = alpha * emb + (1 - alpha) * emb[partner]
+        return alpha * emb + (1 - alpha) * emb[same_class_partner(labels, k_pair)], labels
 
-        def loss_fn(params):
-            out, mut = fr.apply({"params": params, "batch_stats": state.batch_stats}, mixed,
-                                train=True, mutable=["batch_stats"])
-            logits = apply_head(target_model, target_vars, out)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-            return ce.mean(), (mut["batch_stats"], dict(loss=ce.mean(), acc=acc))
-
-        grads, (bs, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-        return state.apply_gradients(grads=grads, batch_stats=bs), metrics
-    return step
+    return frozen_classifier_step(FeatureRestorer(cfg.fr_depth), make_inputs,
+                                  lambda out: apply_head(target_model, target_vars, out))
 
 
 def make_logits_fn(cfg: IDFRConfig, id_vars, fr_vars, target_model, target_vars):
