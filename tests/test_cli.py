@@ -39,11 +39,11 @@ def test_cifar100_offline_fails_fast_naming_data_dir(tmp_path):
 
 def test_smoke_runs_then_eval_with_all_threat_models(tmp_path):
     w, s = tmp_path / "grfd", tmp_path / "std"
-    r = _run("train.grfd", "--dataset=digits", "--smoke", f"--workdir={w}", "--limit_train=256",
-             "--attack_examples=64")
+    r = _run("train.grfd", "--dataset=digits", "--smoke", f"--workdir={w}", "--limit_train=128",
+             "--attack_examples=32")
     assert r.returncode == 0, r.stderr[-3000:]
     r = _run("train.standard", "--dataset=digits", "--smoke", f"--workdir={s}",
-             "--limit_train=256", "--attack_examples=64")
+             "--limit_train=128", "--attack_examples=32")
     assert r.returncode == 0, r.stderr[-3000:]
     # sanity checks are covered in test_robustness; here: the CLI end to end
     r = _run("eval.robustness", f"--workdir={w}", f"--source_workdir={s}", "--examples=32",
