@@ -111,6 +111,14 @@ SMOKE = dict(lenet_width=0.5, width=0.125, wrn_depth=10, wrn_widen=1, epochs=2, 
              limit_train=512, limit_eval=256, attack_examples=128, eval_every=1)
 
 
+def build_preset(config_cls, presets: dict, smoke_fields: dict, what: str, dataset: str,
+                 smoke: bool, overrides: dict):
+    """config_cls from presets[dataset], then smoke_fields (if smoke), then overrides."""
+    if dataset not in presets:
+        raise ValueError(f"no {what}preset for {dataset!r}; choose one of {sorted(presets)}")
+    return config_cls(**{**presets[dataset], **(smoke_fields if smoke else {}), **overrides})
+
+
 def load_datasets(cfg: ExperimentConfig):
     """(train, eval) Datasets as configured: limits, then a seeded train fraction."""
     from jaxdefense import data

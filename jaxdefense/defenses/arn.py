@@ -28,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
+from jaxdefense.defenses.grfd import gaussian_kl
 from jaxdefense.defenses.purification import PurificationConfig
 from jaxdefense.models.arn import AttackDiscriminator, Decoder, Encoder, ImageDiscriminator
 from jaxdefense.training import TrainState, fit
@@ -40,7 +42,7 @@ class ARNConfig(PurificationConfig):
     workdir: str = "runs/arn"
     arn_base: int = 128               # first encoder conv width (reference 128)
     z_dim: int = 2048
-    rec_weight: float = 1.0           # pixel MSE
+    rec_weight: float = 1.0           # squared error to the natural image, summed per image
     lambda1: float = 0.1              # L_att, encoder vs attack discriminator (paper, MNIST)
     lambda2: float = 0.01             # L_nor, KL of seen attacks' encodings to N(0, I)
     theta: float = 0.1                # L_gan, decoder vs image discriminator
@@ -57,15 +59,12 @@ PRESETS = {
                     attack_eps=8 / 255, attack_step_size=2 / 255, attack_steps=10,
                     lambda1=100.0, lambda2=10.0, theta=100.0),
 }
-SMOKE = dict(lenet_width=0.5, wrn_depth=10, wrn_widen=1, epochs=2, batch_size=64,
-             limit_train=512, limit_eval=256, attack_examples=128, eval_every=1,
-             attack_steps=5, purifier_epochs=2, purifier_batch_size=64, arn_base=8, z_dim=32)
+SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=5, purifier_epochs=2, purifier_batch_size=64,
+             arn_base=8, z_dim=32)
 
 
 def preset(dataset: str, smoke: bool = False, **overrides) -> ARNConfig:
-    if dataset not in PRESETS:
-        raise ValueError(f"no ARN preset for {dataset!r}; choose one of {sorted(PRESETS)}")
-    return ARNConfig(**{**PRESETS[dataset], **(SMOKE if smoke else {}), **overrides})
+    return build_preset(ARNConfig, PRESETS, SMOKE, "ARN ", dataset, smoke, overrides)
 
 
 def networks(cfg: ARNConfig):
@@ -100,11 +99,6 @@ def make_purifier(cfg: ARNConfig, params, batch_stats):
         return nets["decoder"].apply({"params": params["decoder"],
                                       "batch_stats": batch_stats["decoder"]}, mu)
     return purify
-
-
-def kl_normal(mu, logvar):
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, summed over dims [B]."""
-    return 0.5 * jnp.sum(jnp.exp(logvar) + mu ** 2 - 1.0 - logvar, axis=-1)
 
 
 def train_step(cfg: ARNConfig):
@@ -143,7 +137,7 @@ def train_step(cfg: ARNConfig):
             da_logits = nets["d_att"].apply({"params": jax.lax.stop_gradient(params["d_att"])},
                                             z[b:])
             att = -jnp.mean(jax.nn.log_softmax(da_logits), axis=-1)   # CE to uniform
-            nor = kl_normal(mu[b:], logvar[b:])
+            nor = gaussian_kl(mu[b:], logvar[b:]) * mu.shape[-1]    # summed over dims
             gan = jax.nn.softplus(-d_img(jax.lax.stop_gradient(params["d_img"]), recon[b:]))
             loss = (cfg.rec_weight * rec.mean() + cfg.lambda1 * att.mean()
                     + cfg.lambda2 * nor.mean() + cfg.theta * gan.mean())

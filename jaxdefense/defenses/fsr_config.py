@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE as CLASSIFIER_SMOKE, ExperimentConfig
+from jaxdefense.config import (CLASSIFIER_PRESETS, SMOKE as CLASSIFIER_SMOKE, ExperimentConfig,
+                               build_preset)
 from jaxdefense.defenses.adversarial_training import METHODS
 from jaxdefense.defenses.fsr import INFERENCE_FEATURES
 
@@ -79,6 +80,4 @@ SMOKE = dict(CLASSIFIER_SMOKE, fsr_hidden=8, train_steps=3)
 
 
 def preset(dataset: str, smoke: bool = False, **overrides) -> FSRConfig:
-    if dataset not in PRESETS:
-        raise ValueError(f"no FSR preset for {dataset!r}; choose one of {sorted(PRESETS)}")
-    return FSRConfig(**{**PRESETS[dataset], **(SMOKE if smoke else {}), **overrides})
+    return build_preset(FSRConfig, PRESETS, SMOKE, "FSR ", dataset, smoke, overrides)

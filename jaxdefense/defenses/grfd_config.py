@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE as CLASSIFIER_SMOKE, ExperimentConfig
+from jaxdefense.config import (CLASSIFIER_PRESETS, SMOKE as CLASSIFIER_SMOKE, ExperimentConfig,
+                               build_preset)
 
 
 @dataclasses.dataclass
@@ -69,10 +70,4 @@ SMOKE = dict(CLASSIFIER_SMOKE, vae_base=8, z_dim=32)
 
 
 def preset(dataset: str, smoke: bool = False, **overrides) -> GRFDConfig:
-    if dataset not in PRESETS:
-        raise ValueError(f"no GRFD preset for {dataset!r}; choose one of {sorted(PRESETS)}")
-    fields = dict(PRESETS[dataset])
-    if smoke:
-        fields.update(SMOKE)
-    fields.update(overrides)
-    return GRFDConfig(**fields)
+    return build_preset(GRFDConfig, PRESETS, SMOKE, "GRFD ", dataset, smoke, overrides)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
 from jaxdefense.defenses.purification import PurificationConfig
@@ -57,16 +58,12 @@ PRESETS = {
                     attack_eps=8 / 255, attack_step_size=2 / 255, attack_steps=10,
                     noise_std=8 / 255),
 }
-SMOKE = dict(lenet_width=0.5, wrn_depth=10, wrn_widen=1, epochs=2, batch_size=64,
-             limit_train=512, limit_eval=256, attack_examples=128, eval_every=1,
-             attack_steps=5, purifier_epochs=2, fr_epochs=2, purifier_batch_size=64,
-             unet_base=4)
+SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=5, purifier_epochs=2, fr_epochs=2,
+             purifier_batch_size=64, unet_base=4)
 
 
 def preset(dataset: str, smoke: bool = False, **overrides) -> IDFRConfig:
-    if dataset not in PRESETS:
-        raise ValueError(f"no IDFR preset for {dataset!r}; choose one of {sorted(PRESETS)}")
-    return IDFRConfig(**{**PRESETS[dataset], **(SMOKE if smoke else {}), **overrides})
+    return build_preset(IDFRConfig, PRESETS, SMOKE, "IDFR ", dataset, smoke, overrides)
 
 
 def make_unet(cfg: IDFRConfig) -> UNet:

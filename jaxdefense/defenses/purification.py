@@ -27,7 +27,7 @@ from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
 from jaxdefense.defenses import standard
 from jaxdefense.evaluation import padded_batch_size
-from jaxdefense.training import Checkpoints, classifier_step, fit
+from jaxdefense.training import Checkpoints
 
 SEEN_ATTACKS = ("pgd", "pgd_targeted")
 
@@ -105,19 +105,9 @@ def train_target(cfg: PurificationConfig, train, test, metrics_path, progress=Tr
     if cfg.target_workdir:
         return restore_target(cfg)
     tcfg = target_config(cfg)
-    model = config.make_classifier(tcfg)
-    spe = len(train) // tcfg.batch_size
-    state = fit(standard.init_state(tcfg, jax.random.key(cfg.seed), spe), classifier_step(model),
-                train.x, train.y, epochs=tcfg.epochs, batch_size=tcfg.batch_size, seed=cfg.seed,
-                augment=tcfg.augment, ckpt_dir=target_dir(cfg), phase="target",
-                eval_fn=lambda st: {"acc": evaluation.accuracy(
-                    lambda xb: model.apply({"params": st.params,
-                                            "batch_stats": st.batch_stats}, xb), test.x, test.y)},
-                eval_every=cfg.eval_every, metrics_path=metrics_path, keep=cfg.keep_checkpoints,
-                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
-    if int(state.step) < tcfg.epochs * spe:
-        return None
-    return model, {"params": state.params, "batch_stats": state.batch_stats}
+    variables, _ = standard.train(tcfg, train, test, metrics_path, jax.random.key(cfg.seed),
+                                  target_dir(cfg), phase="target", progress=progress)
+    return None if variables is None else (config.make_classifier(tcfg), variables)
 
 
 def craft_one(logits_fn, x, y, key, name: str, cfg: PurificationConfig):

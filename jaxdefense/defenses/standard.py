@@ -8,7 +8,7 @@ import os
 import jax
 
 from jaxdefense import config, evaluation, robustness
-from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE, ExperimentConfig
+from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE, ExperimentConfig, build_preset
 from jaxdefense.data import dataset_info
 from jaxdefense.training import (TrainState, classifier_step, fit, init_classifier_state,
                                  make_optimizer)
@@ -20,10 +20,7 @@ class StandardConfig(ExperimentConfig):
 
 
 def preset(dataset: str, smoke: bool = False, **overrides) -> StandardConfig:
-    if dataset not in CLASSIFIER_PRESETS:
-        raise ValueError(f"no preset for {dataset!r}; choose one of {sorted(CLASSIFIER_PRESETS)}")
-    return StandardConfig(**{**CLASSIFIER_PRESETS[dataset], **(SMOKE if smoke else {}),
-                             **overrides})
+    return build_preset(StandardConfig, CLASSIFIER_PRESETS, SMOKE, "", dataset, smoke, overrides)
 
 
 def init_state(cfg: StandardConfig, key, steps_per_epoch: int) -> TrainState:
@@ -36,22 +33,34 @@ def make_logits_fn(cfg: StandardConfig, variables):
     return lambda x: model.apply(variables, x, train=False)
 
 
-def train_and_evaluate(cfg: StandardConfig, progress: bool = True) -> dict:
-    train, test, metrics_path, steps_per_epoch = config.start(cfg, "standard")
-    key_init, key_attack = jax.random.split(jax.random.key(cfg.seed))
+def train(cfg: StandardConfig, train_set, test, metrics_path, key, ckpt_dir: str,
+          phase: str = "classifier", progress: bool = True):
+    """Fit the classifier (resumable) with held-out accuracy per epoch. Returns
+    (variables, epochs done); variables is None when stop_after_epochs ended this call early."""
     model = config.make_classifier(cfg)
+    steps_per_epoch = len(train_set) // cfg.batch_size
 
     def eval_fn(st):
         v = {"params": st.params, "batch_stats": st.batch_stats}
         return {"acc": evaluation.accuracy(lambda xb: model.apply(v, xb), test.x, test.y)}
 
-    state = fit(init_state(cfg, key_init, steps_per_epoch), classifier_step(model), train.x,
-                train.y, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                augment=cfg.augment, ckpt_dir=os.path.join(cfg.workdir, "classifier"),
-                phase="classifier", eval_fn=eval_fn, eval_every=cfg.eval_every,
-                metrics_path=metrics_path, keep=cfg.keep_checkpoints,
+    state = fit(init_state(cfg, key, steps_per_epoch), classifier_step(model), train_set.x,
+                train_set.y, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                augment=cfg.augment, ckpt_dir=ckpt_dir, phase=phase, eval_fn=eval_fn,
+                eval_every=cfg.eval_every, metrics_path=metrics_path, keep=cfg.keep_checkpoints,
                 stop_after_epochs=cfg.stop_after_epochs, progress=progress)
-    if int(state.step) < cfg.epochs * steps_per_epoch:
-        return {"stopped": "classifier", "epochs_done": int(state.step) // steps_per_epoch}
-    logits_fn = make_logits_fn(cfg, {"params": state.params, "batch_stats": state.batch_stats})
+    done = int(state.step) // steps_per_epoch
+    if done < cfg.epochs:
+        return None, done
+    return {"params": state.params, "batch_stats": state.batch_stats}, done
+
+
+def train_and_evaluate(cfg: StandardConfig, progress: bool = True) -> dict:
+    train_set, test, metrics_path, steps_per_epoch = config.start(cfg, "standard")
+    key_init, key_attack = jax.random.split(jax.random.key(cfg.seed))
+    variables, done = train(cfg, train_set, test, metrics_path, key_init,
+                            os.path.join(cfg.workdir, "classifier"), progress=progress)
+    if variables is None:
+        return {"stopped": "classifier", "epochs_done": done}
+    logits_fn = make_logits_fn(cfg, variables)
     return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path, progress)
