@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import grfd
-from jaxdefense.defenses.grfd_config import preset
+from jaxdefense.defenses.grfd.config import preset
 
 
 def time_step(cfg, steps: int) -> dict:

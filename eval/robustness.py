@@ -86,12 +86,16 @@ def main(argv=None) -> int:
     served = model.logits_fn
     if args.preprocess:
         try:
+            if model.stochastic:
+                raise ValueError(f"--preprocess is for deterministic models; {args.workdir} "
+                                 f"holds a randomized {model.defense} model")
             served = preprocessing.preprocessed(model.logits_fn, args.preprocess, bool(args.bpda))
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     models = robustness.Models(served=served, classifier=model.parts.get("classifier"),
-                               source=source.logits_fn if source else None)
+                               source=source.logits_fn if source else None,
+                               stochastic=model.stochastic)
     key = jax.random.key(args.seed)
     result = robustness.report(models, ds.x, ds.y, key, attacks, threats, args.batch_size)
     result.update(preset=preset, attacks=attacks, workdir=args.workdir,

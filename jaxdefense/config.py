@@ -53,6 +53,7 @@ class ExperimentConfig:
     eval_every: int = 1               # epochs between held-out evaluations (0: only at the end)
     stop_after_epochs: Optional[int] = None  # leave after this many epochs in this call (resume later)
     attack_examples: int = 500        # examples for the closing white-box attack check
+    attack_max_steps: Optional[int] = None  # cap on the closing attacks' iterations (smoke runs)
 
     def validate(self):
         dataset_info(self.dataset)
@@ -81,6 +82,7 @@ class ExperimentConfig:
 
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"workdir", "data_dir", "stop_after_epochs", "eval_every", "attack_examples",
+             "attack_max_steps",
              "keep_checkpoints", "limit_eval"}
 
 
@@ -108,7 +110,8 @@ CLASSIFIER_PRESETS = {
     "cifar100": dict(dataset="cifar100", classifier="wide_resnet", augment=True),
 }
 SMOKE = dict(lenet_width=0.5, width=0.125, wrn_depth=10, wrn_widen=1, epochs=2, batch_size=64,
-             limit_train=512, limit_eval=256, attack_examples=128, eval_every=1)
+             limit_train=512, limit_eval=256, attack_examples=128, eval_every=1,
+             attack_max_steps=10)
 
 
 def build_preset(config_cls, presets: dict, smoke_fields: dict, what: str, dataset: str,

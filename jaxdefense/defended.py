@@ -23,8 +23,10 @@ class DefendedClassifier:
     """A served defense: `logits_fn(x)` is differentiable and can be attacked directly.
 
     parts: named stages for inspection and for the target-only threat model, e.g.
-    'classifier' (the bare classifier inside) and, for GRFD, 'disentangle' (x -> x_u, x_r);
-    for ARN and IDFR, 'purify' (x -> purified x).
+    'classifier' (the bare classifier inside) and, for GRFD and CD-VAE, 'disentangle'
+    (x -> x_u, x_r); for ARN and IDFR, 'purify' (x -> purified x).
+    stochastic: logits_fn takes (x, key) (randomized smoothing); calling the model without a
+    key uses jax.random.key(0), so repeated calls agree.
     """
     logits_fn: Callable
     image_shape: tuple
@@ -32,22 +34,26 @@ class DefendedClassifier:
     defense: str
     config: dict
     parts: dict
+    stochastic: bool = False
 
     def __post_init__(self):
         self._jitted = jax.jit(self.logits_fn)
 
-    def __call__(self, x) -> jax.Array:
-        """Logits [B, classes] for images x: float32 [B, H, W, C] (or [H, W, C]) in [0, 1]."""
+    def __call__(self, x, key=None) -> jax.Array:
+        """Logits [B, classes] for images x: float32 [B, H, W, C] (or [H, W, C]) in [0, 1];
+        key: the noise draw of a stochastic model (default key(0)), ignored otherwise."""
         x = jnp.asarray(x, jnp.float32)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.image_shape):
             raise ValueError(f"expected images of shape [B, {', '.join(map(str, self.image_shape))}]"
                              f", got {tuple(x.shape)}")
+        if self.stochastic:
+            return self._jitted(x, jax.random.key(0) if key is None else key)
         return self._jitted(x)
 
-    def predict(self, x) -> np.ndarray:
-        return np.asarray(jnp.argmax(self(x), -1))
+    def predict(self, x, key=None) -> np.ndarray:
+        return np.asarray(jnp.argmax(self(x, key), -1))
 
 
 def _restore_vars(directory: str, template_state):
@@ -55,10 +61,9 @@ def _restore_vars(directory: str, template_state):
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _load_grfd(workdir: str, config: dict):
+def _load_grfd(workdir: str, config: dict, config_cls=None):
     from jaxdefense.defenses import grfd
-    from jaxdefense.defenses.grfd_config import GRFDConfig
-    cfg = GRFDConfig(**config)
+    cfg = (config_cls or grfd.GRFDConfig)(**config)
     key = jax.random.key(0)
     gen = _restore_vars(os.path.join(workdir, "generator"), grfd.init_generator_state(cfg, key, 1))
     vae_vars = {"params": gen["params"]["vae"], "batch_stats": gen["batch_stats"]["vae"]}
@@ -70,18 +75,39 @@ def _load_grfd(workdir: str, config: dict):
         "classifier": lambda x: target.apply(target_vars, x, train=False)}
 
 
-def _load_standard(workdir: str, config: dict):
+def _classifier_vars(workdir: str, cfg):
     from jaxdefense.defenses import standard
-    cfg = standard.StandardConfig(**config)
-    variables = _restore_vars(os.path.join(workdir, "classifier"),
-                              standard.init_state(cfg, jax.random.key(0), 1))
-    logits_fn = standard.make_logits_fn(cfg, variables)
+    return _restore_vars(os.path.join(workdir, "classifier"),
+                         standard.init_state(cfg, jax.random.key(0), 1))
+
+
+def _load_cdvae(workdir: str, config: dict):
+    from jaxdefense.defenses.cdvae import CDVAEConfig
+    return _load_grfd(workdir, config, CDVAEConfig)
+
+
+def _load_standard(workdir: str, config: dict, config_cls=None):
+    from jaxdefense.defenses import standard
+    cfg = (config_cls or standard.StandardConfig)(**config)
+    logits_fn = standard.make_logits_fn(cfg, _classifier_vars(workdir, cfg))
     return cfg, logits_fn, {"classifier": logits_fn}
 
 
+def _load_gradreg(workdir: str, config: dict):
+    from jaxdefense.defenses.gradreg import GradRegConfig
+    return _load_standard(workdir, config, GradRegConfig)
+
+
+def _load_smoothing(workdir: str, config: dict):
+    from jaxdefense.defenses import smoothing
+    cfg = smoothing.SmoothingConfig(**config)
+    base_fn, logits_fn = smoothing.served(cfg, _classifier_vars(workdir, cfg))
+    return cfg, logits_fn, {"classifier": base_fn}
+
+
 def _load_fsr(workdir: str, config: dict):
-    from jaxdefense.defenses import fsr_train
-    from jaxdefense.defenses.fsr_config import FSRConfig
+    from jaxdefense.defenses.fsr import train as fsr_train
+    from jaxdefense.defenses.fsr.config import FSRConfig
     cfg = FSRConfig(**config)
     variables = _restore_vars(os.path.join(workdir, "classifier"),
                               fsr_train.init_state(cfg, jax.random.key(0), 1))
@@ -114,7 +140,9 @@ def _load_idfr(workdir: str, config: dict):
 
 
 LOADERS = {"grfd": _load_grfd, "standard": _load_standard, "fsr": _load_fsr, "arn": _load_arn,
-           "idfr": _load_idfr}
+           "idfr": _load_idfr, "gradreg": _load_gradreg, "smoothing": _load_smoothing,
+           "cdvae": _load_cdvae}
+STOCHASTIC = {"smoothing"}     # defenses whose logits_fn takes (x, key)
 
 
 def load(workdir: str) -> DefendedClassifier:
@@ -126,4 +154,4 @@ def load(workdir: str) -> DefendedClassifier:
     info = dataset_info(cfg.dataset)
     return DefendedClassifier(logits_fn=logits_fn, image_shape=info["shape"],
                               num_classes=info["num_classes"], defense=defense, config=config,
-                              parts=parts)
+                              parts=parts, stochastic=defense in STOCHASTIC)

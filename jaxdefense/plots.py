@@ -60,17 +60,45 @@ def latent_scatter(path: str, z: np.ndarray, labels: np.ndarray, title: str = ""
     return path
 
 
-def accuracy_vs_eps(path: str, sweep: dict, title: str = "") -> str:
-    """Accuracy against eps (in /255) for each attack in `sweep` ({'eps': [...], name: [...]})."""
-    eps = np.asarray(sweep["eps"]) * 255
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, accs in sweep.items():
-        if name != "eps":
-            ax.plot(eps, accs, marker="o", label=name)
-    ax.set_xlabel("eps (/255)"), ax.set_ylabel("accuracy"), ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3), ax.legend(), ax.set_title(title)
+def _save(fig, path: str) -> str:
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def line_plot(path: str, x, lines: dict, xlabel: str, ylabel: str, title: str = "",
+              marker: str | None = None) -> str:
+    """One line per entry of `lines` ({label: y values}) against x; y axis [0, 1]."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, ys in lines.items():
+        ax.plot(x, ys, marker=marker, label=name)
+    ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3), ax.legend(), ax.set_title(title)
+    return _save(fig, path)
+
+
+def accuracy_vs_eps(path: str, sweep: dict, title: str = "") -> str:
+    """Accuracy against eps (in /255) for each attack in `sweep` ({'eps': [...], name: [...]})."""
+    return line_plot(path, np.asarray(sweep["eps"]) * 255,
+                     {k: v for k, v in sweep.items() if k != "eps"}, "eps (/255)", "accuracy",
+                     title, marker="o")
+
+
+def grouped_bars(path: str, groups: list, series: dict, ylabel: str, title: str = "") -> str:
+    """Bars per group (x axis) for each series ({label: [value or None per group]});
+    None (not measured) leaves a gap, labelled 'n/a'."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups)), 3.8))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        for x, v in zip(xs, values):
+            if v is None:
+                ax.text(x, 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90)
+        ax.bar([x for x, v in zip(xs, values) if v is not None],
+               [v for v in values if v is not None], width, label=name)
+    ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right")
+    ax.set_ylabel(ylabel), ax.set_ylim(0, 1), ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8), ax.set_title(title)
+    return _save(fig, path)

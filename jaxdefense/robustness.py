@@ -198,7 +198,8 @@ def closing_report(cfg, logits_fn, test, key, metrics_path: str,
     PGD at the GRFD paper's settings) on its first `attack_examples`; written to
     metrics.jsonl and results.json."""
     sub = test.take(cfg.attack_examples)
-    attacks = attacks or get_preset(preset_for(cfg.dataset), only=("fgsm", "pgd"))
+    attacks = attacks or get_preset(preset_for(cfg.dataset), cfg.attack_max_steps,
+                                    only=("fgsm", "pgd"))
     result = report(Models(served=logits_fn), sub.x, sub.y, key, attacks, progress=progress)
     summary = {"clean_acc_full_eval": evaluation.accuracy(logits_fn, test.x, test.y),
               "attack_examples": len(sub), "clean_acc": result["clean"],

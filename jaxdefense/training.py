@@ -64,14 +64,44 @@ def init_classifier_state(model, image_shape, tx, key) -> TrainState:
                              batch_stats=variables.get("batch_stats", {}), tx=tx)
 
 
-def classifier_step(model):
-    """Cross-entropy training step for a flax classifier `model(x, train)`."""
+def input_gradient(logits_fn: Callable, x, y):
+    """d/dx of sum_i CE(logits_fn(x)_i, y_i), pixel units, shape of x.
+
+    Built with `jax.grad`, so a loss can differentiate through it (double backpropagation).
+    Per sample when logits_fn treats samples independently; BatchNorm in training mode
+    couples them through the batch statistics, as in the reference codes.
+    """
+    return jax.grad(lambda xi: optax.softmax_cross_entropy_with_integer_labels(
+        logits_fn(xi), y).sum())(x)
+
+
+def classifier_step(model, transform: Callable | None = None,
+                    regularizer: Callable | None = None):
+    """Cross-entropy training step for a flax classifier `model(x, train)`.
+
+    transform(x, key) -> x': applied to the inputs first (e.g. Gaussian noise augmentation).
+    regularizer(forward, x, y) -> [B]: a per-sample penalty added to the cross-entropy, where
+    forward(x) gives the training-mode logits at the step's parameters (e.g. the squared
+    input-gradient norm of gradient regularization); reported as metric 'penalty'.
+    """
     def loss_fn(params, batch_stats, x, y, key):
-        logits, mutated = model.apply({"params": params, "batch_stats": batch_stats}, x,
-                                      train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        acc = jnp.mean(jnp.argmax(logits, -1) == y)
-        return loss, (mutated["batch_stats"], dict(loss=loss, acc=acc))
+        if transform is not None:
+            x = transform(x, jax.random.fold_in(key, 1))
+        variables = {"params": params, "batch_stats": batch_stats}
+
+        def forward(xi):
+            return model.apply(variables, xi, train=True, rngs={"dropout": key},
+                               mutable=["batch_stats"])
+        logits, mutated = forward(x)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        metrics = dict(acc=jnp.mean(jnp.argmax(logits, -1) == y))
+        if regularizer is not None:
+            penalty = regularizer(lambda xi: forward(xi)[0], x, y)
+            metrics.update(ce=ce.mean(), penalty=penalty.mean())
+            ce = ce + penalty
+        loss = ce.mean()
+        metrics["loss"] = loss
+        return loss, (mutated["batch_stats"], metrics)
 
     def step(state, batch, key, hparams):
         x, y = batch

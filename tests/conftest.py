@@ -3,7 +3,7 @@ import pathlib
 
 import pytest
 
-from jaxdefense.defenses.grfd_config import preset
+from jaxdefense.defenses.grfd.config import preset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from jaxdefense.defenses.grfd_config import GRFDConfig
+from jaxdefense.defenses.grfd.config import GRFDConfig
 from tests.conftest import REPO, run_env
 
 

@@ -8,10 +8,10 @@ import optax
 import pytest
 
 from jaxdefense.config import make_classifier
-from jaxdefense.defenses import adversarial_training as advt
+from jaxdefense.defenses.fsr import adversarial_training as advt
 from jaxdefense.defenses import fsr
-from jaxdefense.defenses.fsr_config import FSRConfig, preset
-from jaxdefense.defenses.fsr_train import init_state, make_step
+from jaxdefense.defenses.fsr.config import FSRConfig, preset
+from jaxdefense.defenses.fsr.train import init_state, make_step
 
 
 

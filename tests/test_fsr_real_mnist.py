@@ -1,15 +1,18 @@
 """A short AT + FSR run on the real MNIST test files: PGD accuracy clearly above chance."""
 import json
 
+import jax
+import pytest
+
 import jaxdefense
 from jaxdefense import data
-from jaxdefense.defenses.fsr_config import preset
-from jaxdefense.defenses.fsr_train import train_and_evaluate
+from jaxdefense.defenses.fsr.config import preset
+from jaxdefense.defenses.fsr.train import train_and_evaluate
 from jaxdefense.robustness import Models, report
 from tests.conftest import mnist_dir
-import jax
 
 
+@pytest.mark.slow
 def test_at_fsr_on_real_mnist_keeps_pgd_accuracy(tmp_path):
     cfg = preset("mnist", data_dir=mnist_dir(), train_split="test[:2000]",
                  eval_split="test[9000:]", epochs=3, lr=0.05, lr_milestones="", batch_size=64,

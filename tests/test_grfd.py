@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxdefense.defenses import grfd
-from jaxdefense.defenses.grfd_config import GRFDConfig, preset
+from jaxdefense.defenses.grfd.config import GRFDConfig, preset
 from jaxdefense.training import classifier_step, cosine_per_epoch
 
 

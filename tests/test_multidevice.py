@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import run_env
 
 SCRIPT = r"""
 import sys, jax, numpy as np
 from jaxdefense.defenses import grfd
-from jaxdefense.defenses.grfd_config import preset
+from jaxdefense.defenses.grfd.config import preset
 from jaxdefense.training import fit
 from jaxdefense import data
 assert jax.device_count() == int(sys.argv[2]), jax.devices()
@@ -35,6 +36,7 @@ np.savez(sys.argv[1] + "/params.npz", **flat)
 """
 
 
+@pytest.mark.slow
 def test_two_devices_match_one(tmp_path):
     results = []
     for n in (1, 2):

@@ -11,13 +11,13 @@ import pytest
 import jaxdefense
 from jaxdefense import data
 from jaxdefense.checkpoint import CheckpointError
-from jaxdefense.defenses.grfd_train import train_and_evaluate
+from jaxdefense.defenses.grfd.train import train_and_evaluate
 from tests.conftest import run_env
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from jaxdefense.defenses.grfd_config import preset
+    from jaxdefense.defenses.grfd.config import preset
     cfg = preset("digits", smoke=True, workdir=str(tmp_path_factory.mktemp("w") / "run"),
                  limit_train=128, limit_eval=64, batch_size=32, z_dim=8, vae_base=4,
                  lenet_width=0.25, attack_examples=32, epochs=2)

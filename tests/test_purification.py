@@ -140,6 +140,7 @@ def test_target_workdir_must_be_a_standard_run(tmp_path):
         purification.target_config(cfg)
 
 
+@pytest.mark.slow
 def test_arn_on_real_mnist_reduces_distance_to_clean(tmp_path):
     """A short real-data run: ARN brings PGD examples (crafted against the target) closer to
     the clean images (measured: L2 5.07 before, 4.03 after); the run restores to the

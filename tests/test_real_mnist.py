@@ -2,11 +2,14 @@
 import json
 import os
 
-from jaxdefense.defenses.grfd_config import preset
-from jaxdefense.defenses.grfd_train import train_and_evaluate
+import pytest
+
+from jaxdefense.defenses.grfd.config import preset
+from jaxdefense.defenses.grfd.train import train_and_evaluate
 from tests.conftest import mnist_dir
 
 
+@pytest.mark.slow
 def test_grfd_on_real_mnist_beats_chance(tmp_path):
     cfg = preset("mnist", data_dir=mnist_dir(), train_split="test[:8000]",
                  eval_split="test[8000:]", epochs=2, lenet_width=0.5, vae_base=16, z_dim=64,

@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 
 from jaxdefense.cli import run_main
-from jaxdefense.defenses.fsr_config import PRESETS, FSRConfig, preset
+from jaxdefense.defenses.fsr.config import PRESETS, FSRConfig, preset
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.fsr_train import train_and_evaluate
+    from jaxdefense.defenses.fsr.train import train_and_evaluate
     return run_main(argv, FSRConfig, preset, PRESETS, "python -m train.fsr", __doc__,
                     train_and_evaluate)
 

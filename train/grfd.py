@@ -13,11 +13,11 @@ from __future__ import annotations
 import sys
 
 from jaxdefense.cli import run_main
-from jaxdefense.defenses.grfd_config import PRESETS, GRFDConfig, preset
+from jaxdefense.defenses.grfd.config import PRESETS, GRFDConfig, preset
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.grfd_train import train_and_evaluate
+    from jaxdefense.defenses.grfd.train import train_and_evaluate
     return run_main(argv, GRFDConfig, preset, PRESETS, "python -m train.grfd", __doc__,
                     train_and_evaluate)
 

@@ -31,7 +31,7 @@ import optax
 from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
-from jaxdefense.defenses.grfd import gaussian_kl
+from jaxdefense.defenses.grfd.core import gaussian_kl
 from jaxdefense.defenses.purification import PurificationConfig
 from jaxdefense.models.arn import AttackDiscriminator, Decoder, Encoder, ImageDiscriminator
 from jaxdefense.training import TrainState, fit

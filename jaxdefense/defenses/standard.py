@@ -23,28 +23,33 @@ def preset(dataset: str, smoke: bool = False, **overrides) -> StandardConfig:
     return build_preset(StandardConfig, CLASSIFIER_PRESETS, SMOKE, "", dataset, smoke, overrides)
 
 
-def init_state(cfg: StandardConfig, key, steps_per_epoch: int) -> TrainState:
+def init_state(cfg: ExperimentConfig, key, steps_per_epoch: int) -> TrainState:
     return init_classifier_state(config.make_classifier(cfg), dataset_info(cfg.dataset)["shape"],
                                  make_optimizer(cfg, steps_per_epoch), key)
 
 
-def make_logits_fn(cfg: StandardConfig, variables):
+def make_logits_fn(cfg: ExperimentConfig, variables):
     model = config.make_classifier(cfg)
     return lambda x: model.apply(variables, x, train=False)
 
 
-def train(cfg: StandardConfig, train_set, test, metrics_path, key, ckpt_dir: str,
-          phase: str = "classifier", progress: bool = True):
+def train(cfg: ExperimentConfig, train_set, test, metrics_path, key, ckpt_dir: str,
+          phase: str = "classifier", progress: bool = True, step=None):
     """Fit the classifier (resumable) with held-out accuracy per epoch. Returns
-    (variables, epochs done); variables is None when stop_after_epochs ended this call early."""
+    (variables, epochs done); variables is None when stop_after_epochs ended this call early.
+
+    step: the training step (default: cross-entropy, `training.classifier_step`); the
+    single-classifier defenses (gradient regularization, noise augmentation) bring theirs.
+    """
     model = config.make_classifier(cfg)
+    step = step or classifier_step(model)
     steps_per_epoch = len(train_set) // cfg.batch_size
 
     def eval_fn(st):
         v = {"params": st.params, "batch_stats": st.batch_stats}
         return {"acc": evaluation.accuracy(lambda xb: model.apply(v, xb), test.x, test.y)}
 
-    state = fit(init_state(cfg, key, steps_per_epoch), classifier_step(model), train_set.x,
+    state = fit(init_state(cfg, key, steps_per_epoch), step, train_set.x,
                 train_set.y, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                 augment=cfg.augment, ckpt_dir=ckpt_dir, phase=phase, eval_fn=eval_fn,
                 eval_every=cfg.eval_every, metrics_path=metrics_path, keep=cfg.keep_checkpoints,
@@ -55,11 +60,15 @@ def train(cfg: StandardConfig, train_set, test, metrics_path, key, ckpt_dir: str
     return {"params": state.params, "batch_stats": state.batch_stats}, done
 
 
-def train_and_evaluate(cfg: StandardConfig, progress: bool = True) -> dict:
-    train_set, test, metrics_path, steps_per_epoch = config.start(cfg, "standard")
+def train_and_evaluate(cfg: StandardConfig, progress: bool = True, defense: str = "standard",
+                       step=None) -> dict:
+    """Train (resumable) into workdir/classifier, then the white-box closing report.
+    defense / step: another single-classifier defense's name and training step."""
+    train_set, test, metrics_path, steps_per_epoch = config.start(cfg, defense)
     key_init, key_attack = jax.random.split(jax.random.key(cfg.seed))
     variables, done = train(cfg, train_set, test, metrics_path, key_init,
-                            os.path.join(cfg.workdir, "classifier"), progress=progress)
+                            os.path.join(cfg.workdir, "classifier"), progress=progress,
+                            step=step)
     if variables is None:
         return {"stopped": "classifier", "epochs_done": done}
     logits_fn = make_logits_fn(cfg, variables)

@@ -97,7 +97,8 @@ class LVCVAE(nn.Module):
 
     kind: 'conv' (MNIST, z 256, base 32) or 'residual' (CIFAR, z 2048, base 16). Image
     height and width must be divisible by 4. In training z = mu + exp(logvar / 2) * n with n
-    from the 'sample' rng; in evaluation z = mu, so G is deterministic.
+    from the 'sample' rng; in evaluation z = mu, so G is deterministic. rectifier=False
+    drops the head (CD-VAE); logits_z is then None.
     """
     num_classes: int
     z_dim: int = 256
@@ -106,6 +107,7 @@ class LVCVAE(nn.Module):
     mean: Sequence[float] = (0.1307,)
     std: Sequence[float] = (0.3081,)
     dtype: Any = jnp.float32
+    rectifier: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -132,6 +134,6 @@ class LVCVAE(nn.Module):
         recon = jnp.tanh(dec(self.base, c, self.dtype, name="decoder")(hid, train))
         recon = _bn(train, self.dtype)(recon).astype(jnp.float32)   # normalized units
         x_u = recon * jnp.asarray(self.std) + jnp.asarray(self.mean)  # pixel units
-        logits_z = nn.Dense(self.num_classes, dtype=self.dtype,
-                            name="rectifier")(z).astype(jnp.float32)
+        logits_z = (nn.Dense(self.num_classes, dtype=self.dtype, name="rectifier")(z)
+                    .astype(jnp.float32) if self.rectifier else None)
         return dict(mu=mu, logvar=logvar, z=z, recon=recon, x_u=x_u, logits_z=logits_z)

@@ -32,6 +32,10 @@ class GRFDConfig(ExperimentConfig):
     rb_clean_at: str = "x_r"          # clean gradient at x_r (paper eq. 5) or x_u (reference code)
     target_epochs: Optional[int] = None  # phase III epochs (default: epochs)
 
+    def has_rectifier(self) -> bool:
+        """Whether the LVCVAE carries the rectification head (GRFD: always; CD-VAE: no)."""
+        return True
+
     def alphas(self) -> tuple[float, float, float]:
         parts = [float(a) for a in str(self.alpha).split(",")]
         if len(parts) == 1:

@@ -16,14 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense import config, data, evaluation, plots, robustness
-from jaxdefense.defenses import grfd
-from jaxdefense.defenses.grfd_config import GRFDConfig
+from jaxdefense.defenses.grfd import core as grfd
+from jaxdefense.defenses.grfd.config import GRFDConfig
 from jaxdefense.training import classifier_step, fit
 
 
-def train_and_evaluate(cfg: GRFDConfig, progress: bool = True) -> dict:
-    """Run phases I-III (each resumes from its checkpoints) and the closing attack check."""
-    train, test, metrics_path, steps_per_epoch = config.start(cfg, "grfd")
+def train_and_evaluate(cfg: GRFDConfig, progress: bool = True, defense: str = "grfd") -> dict:
+    """Run phases I-III (each resumes from its checkpoints) and the closing attack check.
+    defense: the name recorded in the workdir ('cdvae' runs the same phases, see cdvae.py)."""
+    train, test, metrics_path, steps_per_epoch = config.start(cfg, defense)
     key_gen, key_target, key_attack = jax.random.split(jax.random.key(cfg.seed), 3)
 
     # Phase I: LVCVAE + RSM on the full loss.
@@ -85,8 +86,9 @@ def write_figures(cfg: GRFDConfig, vae_vars, test: data.Dataset, n: int = 8) -> 
     out = evaluation.map_batches(lambda xb: vae.apply(vae_vars, xb)["mu"], sub.x)
     x_u, x_r = jax.jit(grfd.make_disentangle_fn(cfg, vae_vars))(jnp.asarray(sub.x[:n]))
     figs = os.path.join(cfg.workdir, "figures")
+    name = type(cfg).__name__.removesuffix("Config")
     plots.image_rows(os.path.join(figs, "reconstructions.png"),
                      {"x": sub.x[:n], "x_u": np.asarray(x_u), "x_r": np.asarray(x_r)},
-                     title=f"GRFD on {cfg.dataset}: original, redundant x_u, robust x_r")
+                     title=f"{name} on {cfg.dataset}: original, redundant x_u, robust x_r")
     plots.latent_scatter(os.path.join(figs, "latent.png"), out, sub.y,
                          title=f"LVCVAE latent (PCA of mu), {cfg.dataset}")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdefense.attacks import pgd
-from jaxdefense.defenses.fsr import top_wrong_class
+from jaxdefense.defenses.fsr.core import top_wrong_class
 
 METHODS = ("at", "trades", "mart")
 

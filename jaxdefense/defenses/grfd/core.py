@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdefense import config
+from jaxdefense import config, training
 from jaxdefense.data import dataset_info
-from jaxdefense.defenses.grfd_config import GRFDConfig
+from jaxdefense.defenses.grfd.config import GRFDConfig
 from jaxdefense.models import LVCVAE
 from jaxdefense.training import TrainState, init_classifier_state, make_optimizer
 
@@ -28,7 +28,7 @@ def make_vae(cfg: GRFDConfig) -> LVCVAE:
     info = dataset_info(cfg.dataset)
     return LVCVAE(num_classes=info["num_classes"], z_dim=cfg.z_dim, kind=cfg.vae_kind,
                   base=cfg.vae_base, mean=info["mean"], std=info["std"],
-                  dtype=jnp.dtype(cfg.dtype))
+                  dtype=jnp.dtype(cfg.dtype), rectifier=cfg.has_rectifier())
 
 
 def make_classifier(cfg: GRFDConfig):
@@ -79,11 +79,9 @@ def input_gradient(rsm, rsm_vars, x, y, dropout_key):
     Built with `jax.grad`, so the caller can differentiate through it (second order). The
     BatchNorm statistics updated here are discarded.
     """
-    def ce_sum(xi):
-        logits, _ = rsm.apply(rsm_vars, xi, train=True, rngs={"dropout": dropout_key},
-                              mutable=["batch_stats"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-    return jax.grad(ce_sum)(x)
+    return training.input_gradient(
+        lambda xi: rsm.apply(rsm_vars, xi, train=True, rngs={"dropout": dropout_key},
+                             mutable=["batch_stats"])[0], x, y)
 
 
 def robustness_loss(rsm, rsm_vars, x_clean, x_r, y, key, samples: int, noise_std):
@@ -117,7 +115,9 @@ def make_generator_step(cfg: GRFDConfig):
         x_norm = (x - jnp.asarray(vae.mean)) / jnp.asarray(vae.std)
         l_rc = jnp.mean((out["recon"] - x_norm) ** 2, axis=(1, 2, 3))
         l_kl = gaussian_kl(out["mu"], out["logvar"])
-        l_rf = optax.softmax_cross_entropy_with_integer_labels(out["logits_z"], y)
+        rectified = out["logits_z"] is not None
+        l_rf = (optax.softmax_cross_entropy_with_integer_labels(out["logits_z"], y)
+                if rectified else jnp.zeros(len(y)))
         l_cl = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         if cfg.delta > 0:
             x_clean = x_r if cfg.rb_clean_at == "x_r" else x_u
@@ -129,8 +129,9 @@ def make_generator_step(cfg: GRFDConfig):
                       + cfg.gamma * l_cl + cfg.delta * l_rb)
         metrics = dict(loss=per_sample.mean(), l_rc=l_rc.mean(), l_kl=l_kl.mean(),
                        l_rf=l_rf.mean(), l_cl=l_cl.mean(), l_rb=l_rb.mean(),
-                       acc_rsm=jnp.mean(jnp.argmax(logits, 1) == y),
-                       acc_head=jnp.mean(jnp.argmax(out["logits_z"], 1) == y))
+                       acc_rsm=jnp.mean(jnp.argmax(logits, 1) == y))
+        if rectified:
+            metrics["acc_head"] = jnp.mean(jnp.argmax(out["logits_z"], 1) == y)
         new_bs = {"vae": vae_bs["batch_stats"], "rsm": rsm_bs["batch_stats"]}
         return per_sample.mean(), (new_bs, metrics)
 

@@ -14,8 +14,8 @@ import dataclasses
 
 from jaxdefense.config import (CLASSIFIER_PRESETS, SMOKE as CLASSIFIER_SMOKE, ExperimentConfig,
                                build_preset)
-from jaxdefense.defenses.adversarial_training import METHODS
-from jaxdefense.defenses.fsr import INFERENCE_FEATURES
+from jaxdefense.defenses.fsr.adversarial_training import METHODS
+from jaxdefense.defenses.fsr.core import INFERENCE_FEATURES
 
 
 @dataclasses.dataclass

@@ -10,9 +10,9 @@ import jax
 from jaxdefense import config, evaluation, robustness
 from jaxdefense.attacks.presets import get_preset
 from jaxdefense.data import dataset_info
-from jaxdefense.defenses import fsr
-from jaxdefense.defenses.adversarial_training import adversarial_step
-from jaxdefense.defenses.fsr_config import FSRConfig
+from jaxdefense.defenses.fsr import core as fsr
+from jaxdefense.defenses.fsr.adversarial_training import adversarial_step
+from jaxdefense.defenses.fsr.config import FSRConfig
 from jaxdefense.training import TrainState, fit, init_classifier_state, make_optimizer
 
 
@@ -64,7 +64,7 @@ def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:
     if int(state.step) < cfg.epochs * steps_per_epoch:
         return {"stopped": "classifier", "epochs_done": int(state.step) // steps_per_epoch}
     logits_fn = make_logits_fn(cfg, {"params": state.params, "batch_stats": state.batch_stats})
-    attacks = {k: v for k, v in get_preset(cfg.attack_preset).items()
+    attacks = {k: v for k, v in get_preset(cfg.attack_preset, cfg.attack_max_steps).items()
                if k in ("fgsm", "pgd", "cw")}
     return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path, progress,
                                      attacks=attacks)
