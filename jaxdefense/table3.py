@@ -1,0 +1,249 @@
+"""GRFD's Table 3 as one comparison: every defense column trained (or resumed, or taken from
+an existing workdir) under one root, attacked on the same examples with the dataset's GRFD
+attack preset, under two protocols side by side:
+
+- paper: each column as the GRFD paper evaluated it. Input-transformation and purification
+  columns (bit-depth reduction, feature squeezing, CD-VAE, GRFD, APE-GAN, DiffPure): transfer
+  from the undefended model (the 'none' column). Model columns (none, gradient
+  regularization): white-box on the model. Randomized smoothing: white-box on one fixed
+  noise draw, no EOT (what a deterministic attack library does to a random model).
+- adaptive: the white-box attack on the whole served pipeline, with EOT over randomness
+  (smoothing) and BPDA through non-differentiable stages (bit depth, median).
+Both report the per-sample worst case over the five attacks. The paper's own numbers sit
+next to each measured cell (`reference/grfd_table3.json`, with their source); columns not
+implemented appear as such, never as numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from importlib import resources
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from jaxdefense import plots, robustness
+from jaxdefense.attacks.presets import get_preset, preset_for
+
+ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "eotpgd", "vmifgsm")
+ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AA",
+                 "eotpgd": "EOT-PGD", "vmifgsm": "VMI-FGSM", "avg": "Avg (5 attacks)",
+                 "worst_case": "Worst case"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One defense of the table. `trains`: the defense whose workdir it needs (None: not
+    implemented); `preprocess`: a squeezer in front of the 'none' model; `paper`: 'transfer'
+    (from the none column) | 'whitebox' | 'fixed-draw' (one noise draw, no EOT)."""
+    name: str
+    label: str
+    trains: Optional[str]
+    paper: str
+    preprocess: Optional[dict] = None      # {dataset kind: spec}
+
+
+COLUMNS = (
+    Column("none", "None", "standard", "whitebox"),
+    Column("bdr", "B-DR", "standard", "transfer", {"mnist": "bits:1", "cifar": "bits:5"}),
+    Column("fs", "F.S.", "standard", "transfer",
+           {"mnist": "squeeze:1,2", "cifar": "squeeze:5,2"}),
+    Column("cdvae", "CD-VAE", "cdvae", "transfer"),
+    Column("smoothing", "R.S.", "smoothing", "fixed-draw"),
+    Column("gradreg", "G.R.", "gradreg", "whitebox"),
+    Column("apegan", "APE-GAN", None, "transfer"),
+    Column("diffpure", "DiffPure", None, "transfer"),
+    Column("grfd", "GRFD", "grfd", "transfer"),
+)
+PAPER_PROTOCOL = {"transfer": "transfer from the undefended model",
+                  "whitebox": "white-box on the model",
+                  "fixed-draw": "white-box, one fixed noise draw, no EOT"}
+
+
+def _kind(dataset: str) -> str:
+    return "mnist" if dataset in ("mnist", "digits") else "cifar"
+
+
+def trainers() -> dict:
+    """defense -> (preset(dataset, smoke, **overrides), train_and_evaluate(cfg, progress))."""
+    from jaxdefense.defenses import cdvae, gradreg, smoothing, standard
+    from jaxdefense.defenses.grfd import config as grfd_config
+    from jaxdefense.defenses.grfd import train as grfd_train
+    return {"standard": (standard.preset, standard.train_and_evaluate),
+            "cdvae": (cdvae.preset, cdvae.train_and_evaluate),
+            "smoothing": (smoothing.preset, smoothing.train_and_evaluate),
+            "gradreg": (gradreg.preset, gradreg.train_and_evaluate),
+            "grfd": (grfd_config.preset, grfd_train.train_and_evaluate)}
+
+
+def paper_values(dataset: str) -> dict:
+    """{'source': ..., 'values': {column: {row: accuracy in [0, 1] or None}}} for the dataset
+    (digits reads MNIST's); empty values when the paper has no table for it."""
+    text = resources.files("jaxdefense").joinpath("reference/grfd_table3.json").read_text()
+    ref = json.loads(text)
+    key = "mnist" if dataset == "digits" else dataset
+    return {"source": ref["source"], "note": ref.get("note", ""),
+            "values": ref["datasets"].get(key, {})}
+
+
+def finished(workdir: str) -> bool:
+    return os.path.isfile(os.path.join(workdir, "results.json"))
+
+
+def train_columns(root: str, dataset: str, smoke: bool, overrides: dict, existing: dict,
+                  progress: bool = True, only=None) -> dict:
+    """Workdir per defense: existing[defense], else root/defense trained or resumed with
+    the defense's preset plus `overrides` (fields a defense lacks are skipped)."""
+    needed = {c.trains for c in COLUMNS if c.trains and (only is None or c.name in only)}
+    needed.add("standard")                       # the transfer source and the squeezers' target
+    workdirs = {}
+    for defense in sorted(needed, key=lambda d: d != "standard"):
+        if defense in existing:
+            workdirs[defense] = existing[defense]
+            continue
+        workdir = os.path.join(root, defense)
+        workdirs[defense] = workdir
+        if finished(workdir):
+            continue
+        make_preset, run = trainers()[defense]
+        cfg = make_preset(dataset, smoke)
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        cfg = dataclasses.replace(cfg, workdir=workdir,
+                                  **{k: v for k, v in overrides.items() if k in fields})
+        if progress:
+            print(f"== training {defense} in {workdir}", flush=True)
+        out = run(cfg, progress=progress)
+        if "stopped" in out:
+            raise RuntimeError(f"{defense} stopped early in {workdir} ({out}); run again to "
+                               f"resume")
+    return workdirs
+
+
+def attacks_for(dataset: str, max_steps: int | None, eot_samples: int | None) -> dict:
+    attacks = get_preset(preset_for(dataset), max_steps)
+    if eot_samples is not None:       # EOT draws on randomized columns (the harness's 20)
+        for name in ("pgd", "autoattack", "eotpgd"):
+            attacks[name]["eot_samples"] = eot_samples
+    return {k: attacks[k] for k in ATTACK_ORDER}
+
+
+@functools.lru_cache(maxsize=16)
+def _fixed_draw(f: Callable) -> Callable:
+    key = jax.random.key(12345)
+    return lambda x: f(x, key)
+
+
+def column_models(column: Column, models: dict, dataset: str):
+    """(paper Models, adaptive Models, paper threat) for a column from loaded models."""
+    from jaxdefense.defenses import preprocessing
+    none = models["standard"]
+    if column.preprocess:
+        spec = column.preprocess[_kind(dataset)]
+        served = preprocessing.preprocessed(none.logits_fn, spec, use_bpda=False)
+        adaptive = robustness.Models(served=preprocessing.preprocessed(none.logits_fn, spec))
+        return robustness.Models(served=served, source=none.logits_fn), adaptive, "transfer"
+    model = models[column.trains]
+    adaptive = robustness.Models(served=model.logits_fn, stochastic=model.stochastic)
+    if column.paper == "transfer":
+        return (robustness.Models(served=model.logits_fn, source=none.logits_fn,
+                                  stochastic=model.stochastic), adaptive, "transfer")
+    if column.paper == "fixed-draw":
+        return (robustness.Models(served=model.logits_fn, source=_fixed_draw(model.logits_fn),
+                                  stochastic=True), adaptive, "transfer")
+    return adaptive, adaptive, "whitebox"
+
+
+def _with_avg(result: dict) -> dict:
+    row = {k: result[k] for k in ATTACK_ORDER if k in result}
+    row["avg"] = float(np.mean(list(row.values()))) if row else None
+    row["worst_case"] = result["worst_case"]
+    return row
+
+
+def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size: int = 256,
+             progress: bool = True, only=None) -> dict:
+    """Per column: status, paper-protocol and adaptive rows {clean, attacks..., avg,
+    worst_case}; the adaptive run is skipped where it is the paper's (same attack)."""
+    import jaxdefense
+    models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
+    out = {}
+    for i, column in enumerate(COLUMNS):
+        if only is not None and column.name not in only:
+            continue
+        entry = {"label": column.label, "paper_protocol": PAPER_PROTOCOL[column.paper]}
+        if column.trains is None:
+            out[column.name] = {**entry, "status": "not implemented"}
+            continue
+        paper_m, adaptive_m, threat = column_models(column, models, dataset)
+        if progress:
+            print(f"== attacking {column.label}", flush=True)
+        k = jax.random.fold_in(key, i)
+        paper = robustness.report(paper_m, x, y, k, attacks, (threat,), batch_size, progress)
+        rows = {"paper": {"clean": paper["clean"], **_with_avg(paper[threat])}}
+        if paper_m is adaptive_m:
+            rows["adaptive"] = rows["paper"]
+        else:
+            adaptive = robustness.report(adaptive_m, x, y, k, attacks, ("whitebox",),
+                                         batch_size, progress)
+            rows["adaptive"] = {"clean": adaptive["clean"], **_with_avg(adaptive["whitebox"])}
+        workdir = workdirs.get(column.trains)
+        out[column.name] = {**entry, "status": "measured", "workdir": workdir,
+                            "served": (f"{column.preprocess[_kind(dataset)]} in front of none"
+                                       if column.preprocess else models[column.trains].defense),
+                            **rows}
+    return out
+
+
+ROWS = ("clean", *ATTACK_ORDER, "avg", "worst_case")
+
+
+def _cell(measured: dict | None, row: str, paper: dict) -> str:
+    if measured is None:
+        return "not implemented"
+    v = measured.get(row)
+    text = "-" if v is None else f"{100 * v:.1f}"
+    p = paper.get(row)
+    return text + (f" ({100 * p:.1f})" if p is not None else "")
+
+
+def markdown(table: dict) -> str:
+    """Two tables in the paper's layout (attacks by defenses), accuracy in %, the paper's
+    value in parentheses where it reports one."""
+    cols = list(table["columns"])
+    lines = [f"# GRFD Table 3 on {table['dataset']}: {table['examples']} examples, "
+             f"attack preset {table['preset']}", ""]
+    paper = table["paper_values"]["values"]
+    for protocol, title in (("paper", "The papers' protocol"),
+                            ("adaptive", "Adaptive white-box attack on the served pipeline "
+                                         "(EOT, BPDA)")):
+        lines += [f"## {title}", "",
+                  "| | " + " | ".join(table["columns"][c]["label"] for c in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for row in ROWS:
+            cells = [_cell(table["columns"][c].get(protocol), row,
+                           paper.get(c, {}) if protocol == "paper" else {}) for c in cols]
+            lines.append(f"| {ATTACK_LABELS[row]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Paper protocol per column: " + "; ".join(
+        f"{table['columns'][c]['label']}: {table['columns'][c]['paper_protocol']}" for c in cols),
+        "", f"Paper values (in parentheses): {table['paper_values']['source']}",
+        table["paper_values"].get("note", ""), ""]
+    return "\n".join(lines)
+
+
+def figure(path: str, table: dict) -> str:
+    cols = [c for c in table["columns"]]
+    labels = [table["columns"][c]["label"] for c in cols]
+    series = {}
+    for protocol, name in (("paper", "papers' protocol"), ("adaptive", "adaptive white-box")):
+        series[f"{name}, avg"] = [table["columns"][c].get(protocol, {}).get("avg") for c in cols]
+    series["adaptive, worst case"] = [table["columns"][c].get("adaptive", {}).get("worst_case")
+                                      for c in cols]
+    paper = table["paper_values"]["values"]
+    if any(paper.get(c, {}).get("avg") is not None for c in cols):
+        series["paper's reported avg"] = [paper.get(c, {}).get("avg") for c in cols]
+    return plots.grouped_bars(path, labels, series, "accuracy",
+                              f"Table 3 on {table['dataset']} ({table['examples']} examples)")
