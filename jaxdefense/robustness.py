@@ -47,7 +47,7 @@ def _ignore_key(f):
 
 
 @functools.lru_cache(maxsize=64)
-def _fixed_key(f):
+def fixed_key(f):
     """A randomized f(x, key) with one fixed draw, for attacks without EOT."""
     key = jax.random.key(0)
     return lambda x: f(x, key)
@@ -70,7 +70,7 @@ def craft_fn(name: str, params: dict, stochastic: bool):
     elif stochastic and name in ("pgd", "apgd", "apgd_targeted"):
         params.update(stochastic=True, eot_samples=params.get("eot_samples", 20))
     elif stochastic and name != "eotpgd":
-        return lambda f, x, y, k: fn(_fixed_key(f), x, y, k, **params)
+        return lambda f, x, y, k: fn(fixed_key(f), x, y, k, **params)
     return lambda f, x, y, k: fn(f, x, y, k, **params)
 
 

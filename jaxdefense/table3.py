@@ -16,11 +16,10 @@ implemented appear as such, never as numbers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from importlib import resources
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -130,12 +129,6 @@ def attacks_for(dataset: str, max_steps: int | None, eot_samples: int | None) ->
     return {k: attacks[k] for k in ATTACK_ORDER}
 
 
-@functools.lru_cache(maxsize=16)
-def _fixed_draw(f: Callable) -> Callable:
-    key = jax.random.key(12345)
-    return lambda x: f(x, key)
-
-
 def column_models(column: Column, models: dict, dataset: str):
     """(paper Models, adaptive Models, paper threat) for a column from loaded models."""
     from jaxdefense.defenses import preprocessing
@@ -151,7 +144,7 @@ def column_models(column: Column, models: dict, dataset: str):
         return (robustness.Models(served=model.logits_fn, source=none.logits_fn,
                                   stochastic=model.stochastic), adaptive, "transfer")
     if column.paper == "fixed-draw":
-        return (robustness.Models(served=model.logits_fn, source=_fixed_draw(model.logits_fn),
+        return (robustness.Models(served=model.logits_fn, source=robustness.fixed_key(model.logits_fn),
                                   stochastic=True), adaptive, "transfer")
     return adaptive, adaptive, "whitebox"
 

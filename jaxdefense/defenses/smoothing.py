@@ -106,6 +106,12 @@ def make_step(cfg: SmoothingConfig):
     return classifier_step(config.make_classifier(cfg), transform=gaussian_noise(cfg.sigma))
 
 
+def noisy_copies(x, key, sigma, draws: int):
+    """[draws * B, ...]: `draws` copies of the batch x, each plus N(0, sigma^2) noise."""
+    noise = jax.random.normal(key, (draws, *x.shape), x.dtype)
+    return (x[None] + sigma * noise).reshape(draws * x.shape[0], *x.shape[1:])
+
+
 @functools.partial(jax.jit, static_argnames=("base_fn", "num", "chunk", "num_classes"))
 def sample_counts(base_fn, x, key, sigma, num: int, chunk: int, num_classes: int):
     """Votes of base_fn over `num` noise draws: int32 [B, classes].
@@ -117,8 +123,7 @@ def sample_counts(base_fn, x, key, sigma, num: int, chunk: int, num_classes: int
     steps = -(-num // chunk)
 
     def body(counts, i):
-        noise = jax.random.normal(jax.random.fold_in(key, i), (chunk, *x.shape), x.dtype)
-        noisy = (x[None] + sigma * noise).reshape(chunk * x.shape[0], *x.shape[1:])
+        noisy = noisy_copies(x, jax.random.fold_in(key, i), sigma, chunk)
         votes = jnp.argmax(base_fn(noisy), -1).reshape(chunk, x.shape[0])
         valid = (i * chunk + jnp.arange(chunk)) < num                     # [chunk]
         onehot = jax.nn.one_hot(votes, num_classes, dtype=jnp.int32) * valid[:, None, None]
@@ -196,9 +201,7 @@ def certified_accuracy(preds, radii, y, radius_list) -> dict:
 def make_served_logits_fn(base_fn, sigma: float, draws: int):
     """The soft smoothed classifier: (x, key) -> log mean_d softmax(f(x + sigma n_d))."""
     def logits_fn(x, key):
-        noise = jax.random.normal(key, (draws, *x.shape), x.dtype)
-        noisy = (x[None] + sigma * noise).reshape(draws * x.shape[0], *x.shape[1:])
-        probs = jax.nn.softmax(base_fn(noisy), -1).reshape(draws, x.shape[0], -1)
+        probs = jax.nn.softmax(base_fn(noisy_copies(x, key, sigma, draws)), -1).reshape(draws, x.shape[0], -1)
         return jnp.log(jnp.mean(probs, 0) + 1e-12)
     return logits_fn
 
