@@ -12,9 +12,14 @@ target-only is their papers' protocol (craft against the bare target, then purif
 through BPDA:
 
     python -m eval.robustness --workdir=runs/std-mnist --preprocess=squeeze:4,2 \
-        --threats=target-only,whitebox Prints a table of
-clean and robust accuracy with the per-sample worst case, the sanity checks of Carlini et
-al., and writes robustness.json and robustness_eps.png (accuracy against eps) to --out_dir.
+        --threats=target-only,whitebox
+
+Randomized models (smoothing, DiffPure) are attacked with EOT, and an example counts as
+robust only if it is classified right on every one of --eval_draws draws.
+
+Prints a table of clean and robust accuracy with the per-sample worst case, the sanity
+checks of Carlini et al., and writes robustness.json and robustness_eps.png (accuracy
+against eps) to --out_dir.
 """
 from __future__ import annotations
 
@@ -56,6 +61,9 @@ def parse_args(argv):
                    help="cap on attack iterations (Square queries: 10x) for quick runs")
     p.add_argument("--eps_sweep", default="0,2,4,8,16,32,64",
                    help="eps values in /255 for the accuracy-vs-eps plot, or 'none'")
+    p.add_argument("--eval_draws", type=int, default=None,
+                   help="randomized models: robust only if right on every one of this many "
+                        "draws (default: the run's eval_draws, else 1)")
     p.add_argument("--checks", type=int, default=1, help="run the sanity checks (default: 1)")
     p.add_argument("--batch_size", type=int, default=256, help="(default: 256)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
@@ -95,7 +103,8 @@ def main(argv=None) -> int:
             return 2
     models = robustness.Models(served=served, classifier=model.parts.get("classifier"),
                                source=source.logits_fn if source else None,
-                               stochastic=model.stochastic)
+                               stochastic=model.stochastic,
+                               eval_draws=args.eval_draws or cfg.get("eval_draws", 1))
     key = jax.random.key(args.seed)
     result = robustness.report(models, ds.x, ds.y, key, attacks, threats, args.batch_size)
     result.update(preset=preset, attacks=attacks, workdir=args.workdir,

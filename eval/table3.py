@@ -43,7 +43,7 @@ def parse_args(argv):
                         ",".join(c.name for c in table3.COLUMNS))
     p.add_argument("--existing", default=None,
                    help="take finished workdirs: defense:path,... (standard, cdvae, smoothing, "
-                        "gradreg, grfd)")
+                        "gradreg, apegan, diffpure, grfd)")
     p.add_argument("--data_dir", default=None)
     p.add_argument("--train_split", default=None, help="(default: each preset's)")
     p.add_argument("--eval_split", default=None, help="(default: each preset's)")

@@ -24,9 +24,10 @@ class DefendedClassifier:
 
     parts: named stages for inspection and for the target-only threat model, e.g.
     'classifier' (the bare classifier inside) and, for GRFD and CD-VAE, 'disentangle'
-    (x -> x_u, x_r); for ARN and IDFR, 'purify' (x -> purified x).
-    stochastic: logits_fn takes (x, key) (randomized smoothing); calling the model without a
-    key uses jax.random.key(0), so repeated calls agree.
+    (x -> x_u, x_r); for ARN, IDFR and APE-GAN, 'purify' (x -> purified x); for DiffPure
+    'purify' (x, key -> purified x).
+    stochastic: logits_fn takes (x, key) (randomized smoothing, DiffPure); calling the model
+    without a key uses jax.random.key(0), so repeated calls agree.
     """
     logits_fn: Callable
     image_shape: tuple
@@ -139,10 +140,34 @@ def _load_idfr(workdir: str, config: dict):
                             "purify": denoise}
 
 
+def _load_apegan(workdir: str, config: dict):
+    from jaxdefense.defenses import apegan, purification
+    cfg = apegan.APEGANConfig(**config)
+    target_model, target_vars = purification.restore_target(cfg)
+    nets = apegan.networks(cfg)
+    state = Checkpoints(os.path.join(workdir, "apegan")).restore(
+        apegan.init_state(cfg, nets, jax.random.key(0)))
+    purify = apegan.make_purifier(nets, state.params, state.batch_stats)
+    classifier = lambda x: target_model.apply(target_vars, x)
+    return cfg, lambda x: classifier(purify(x)), {"classifier": classifier, "purify": purify}
+
+
+def _load_diffpure(workdir: str, config: dict):
+    from jaxdefense.defenses import diffpure, purification
+    cfg = diffpure.DiffPureConfig(**config)
+    target_model, target_vars = purification.restore_target(cfg)
+    net = diffpure.make_score_net(cfg)
+    state = Checkpoints(os.path.join(workdir, "score")).restore(
+        diffpure.init_state(cfg, net, jax.random.key(0)))
+    classifier = lambda x: target_model.apply(target_vars, x)
+    purify, logits_fn = diffpure.make_served(cfg, net, state.ema, classifier)
+    return cfg, logits_fn, {"classifier": classifier, "purify": purify}
+
+
 LOADERS = {"grfd": _load_grfd, "standard": _load_standard, "fsr": _load_fsr, "arn": _load_arn,
            "idfr": _load_idfr, "gradreg": _load_gradreg, "smoothing": _load_smoothing,
-           "cdvae": _load_cdvae}
-STOCHASTIC = {"smoothing"}     # defenses whose logits_fn takes (x, key)
+           "cdvae": _load_cdvae, "apegan": _load_apegan, "diffpure": _load_diffpure}
+STOCHASTIC = {"smoothing", "diffpure"}     # defenses whose logits_fn takes (x, key)
 
 
 def load(workdir: str) -> DefendedClassifier:

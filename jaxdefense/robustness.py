@@ -37,6 +37,7 @@ class Models:
     classifier: Optional[Callable] = None
     source: Optional[Callable] = None
     stochastic: bool = False        # served is logits_fn(x, key)
+    eval_draws: int = 1             # stochastic: correct only if right on every draw
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,6 +66,8 @@ def craft_fn(name: str, params: dict, stochastic: bool):
     if name == "eotpgd" and not stochastic:
         params["eot_samples"] = 1
         return lambda f, x, y, k: fn(_ignore_key(f), x, y, k, **params)
+    if not stochastic and name in ("pgd", "apgd", "apgd_targeted"):
+        params.pop("eot_samples", None)     # one draw is exact on a deterministic model
     if stochastic and name == "autoattack":
         params.setdefault("version", "rand")
     elif stochastic and name in ("pgd", "apgd", "apgd_targeted"):
@@ -75,19 +78,27 @@ def craft_fn(name: str, params: dict, stochastic: bool):
 
 
 def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,
-                  desc=None):
+                  desc=None, eval_draws: int = 1):
     """Per-sample correctness [N] of `served` on examples crafted by `craft` against
-    `attacked`; also the largest Linf distance seen."""
+    `attacked`; also the largest Linf distance seen. A stochastic `served` counts a sample
+    as correct only if it is right on each of `eval_draws` independent draws."""
     b = padded_batch_size(batch_size, len(x))
-    predict = jax.jit(lambda xb, k: jnp.argmax(
-        served(xb, k) if stochastic else served(xb), -1))
+    draws = eval_draws if stochastic else 1
+
+    def right(xb, yb, k):
+        if not stochastic:
+            return jnp.argmax(served(xb), -1) == yb
+        hits = jax.lax.map(lambda kd: jnp.argmax(served(xb, kd), -1) == yb,
+                           jax.random.split(k, draws))
+        return jnp.all(hits, axis=0)
+    predict = jax.jit(right)
     correct, max_linf = [], 0.0
     for i, (xb, yb, mask) in enumerate(tqdm(padded_batches(x, y, b), total=-(-len(x) // b),
                                             desc=desc, disable=desc is None, leave=False)):
         xb, yb = shard_batch((xb, yb))
         k = jax.random.fold_in(key, i)
         x_adv = craft(attacked, xb, yb, k)
-        correct.append(np.asarray(predict(x_adv, jax.random.fold_in(k, 1)) == yb)[mask])
+        correct.append(np.asarray(predict(x_adv, yb, jax.random.fold_in(k, 1)))[mask])
         max_linf = max(max_linf, float(np.max(np.abs(np.asarray(x_adv - xb))[mask])))
     return np.concatenate(correct), max_linf
 
@@ -99,7 +110,8 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
     worst_case is the per-sample worst case over the threat's attacks (and clean).
     """
     clean, _ = correct_under(models.served, models.stochastic, None,
-                             lambda f, xb, yb, k: xb, x, y, key, batch_size)
+                             lambda f, xb, yb, k: xb, x, y, key, batch_size,
+                             eval_draws=models.eval_draws)
     out = {"examples": int(len(x)), "clean": float(clean.mean()), "max_linf": {}}
     for t_i, threat in enumerate(threats):
         if threat not in THREATS:
@@ -116,7 +128,8 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
             ok, linf = correct_under(models.served, models.stochastic, attacked,
                                      craft_fn(name, params, stoch), x, y,
                                      jax.random.fold_in(key, 100 * t_i + a_i), batch_size,
-                                     desc=f"{threat} {name}" if progress else None)
+                                     desc=f"{threat} {name}" if progress else None,
+                                     eval_draws=models.eval_draws)
             worst &= ok
             out[threat][name] = float(ok.mean())
             out["max_linf"][f"{threat}/{name}"] = linf

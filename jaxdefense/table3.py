@@ -53,8 +53,8 @@ COLUMNS = (
     Column("cdvae", "CD-VAE", "cdvae", "transfer"),
     Column("smoothing", "R.S.", "smoothing", "fixed-draw"),
     Column("gradreg", "G.R.", "gradreg", "whitebox"),
-    Column("apegan", "APE-GAN", None, "transfer"),
-    Column("diffpure", "DiffPure", None, "transfer"),
+    Column("apegan", "APE-GAN", "apegan", "transfer"),
+    Column("diffpure", "DiffPure", "diffpure", "transfer"),
     Column("grfd", "GRFD", "grfd", "transfer"),
 )
 PAPER_PROTOCOL = {"transfer": "transfer from the undefended model",
@@ -68,13 +68,15 @@ def _kind(dataset: str) -> str:
 
 def trainers() -> dict:
     """defense -> (preset(dataset, smoke, **overrides), train_and_evaluate(cfg, progress))."""
-    from jaxdefense.defenses import cdvae, gradreg, smoothing, standard
+    from jaxdefense.defenses import apegan, cdvae, diffpure, gradreg, smoothing, standard
     from jaxdefense.defenses.grfd import config as grfd_config
     from jaxdefense.defenses.grfd import train as grfd_train
     return {"standard": (standard.preset, standard.train_and_evaluate),
             "cdvae": (cdvae.preset, cdvae.train_and_evaluate),
             "smoothing": (smoothing.preset, smoothing.train_and_evaluate),
             "gradreg": (gradreg.preset, gradreg.train_and_evaluate),
+            "apegan": (apegan.preset, apegan.train_and_evaluate),
+            "diffpure": (diffpure.preset, diffpure.train_and_evaluate),
             "grfd": (grfd_config.preset, grfd_train.train_and_evaluate)}
 
 
@@ -95,7 +97,9 @@ def finished(workdir: str) -> bool:
 def train_columns(root: str, dataset: str, smoke: bool, overrides: dict, existing: dict,
                   progress: bool = True, only=None) -> dict:
     """Workdir per defense: existing[defense], else root/defense trained or resumed with
-    the defense's preset plus `overrides` (fields a defense lacks are skipped)."""
+    the defense's preset plus `overrides` (fields a defense lacks are skipped). Purifiers
+    (APE-GAN, DiffPure) sit in front of the 'none' column's model as their frozen target,
+    so the transfer source and the target are the same network, as in the paper."""
     needed = {c.trains for c in COLUMNS if c.trains and (only is None or c.name in only)}
     needed.add("standard")                       # the transfer source and the squeezers' target
     workdirs = {}
@@ -110,6 +114,8 @@ def train_columns(root: str, dataset: str, smoke: bool, overrides: dict, existin
         make_preset, run = trainers()[defense]
         cfg = make_preset(dataset, smoke)
         fields = {f.name for f in dataclasses.fields(cfg)}
+        if "target_workdir" in fields:
+            overrides = {**overrides, "target_workdir": workdirs["standard"]}
         cfg = dataclasses.replace(cfg, workdir=workdir,
                                   **{k: v for k, v in overrides.items() if k in fields})
         if progress:
@@ -139,13 +145,16 @@ def column_models(column: Column, models: dict, dataset: str):
         adaptive = robustness.Models(served=preprocessing.preprocessed(none.logits_fn, spec))
         return robustness.Models(served=served, source=none.logits_fn), adaptive, "transfer"
     model = models[column.trains]
-    adaptive = robustness.Models(served=model.logits_fn, stochastic=model.stochastic)
+    draws = model.config.get("eval_draws", 1)       # random columns: right on every draw
+    adaptive = robustness.Models(served=model.logits_fn, stochastic=model.stochastic,
+                                 eval_draws=draws)
     if column.paper == "transfer":
         return (robustness.Models(served=model.logits_fn, source=none.logits_fn,
-                                  stochastic=model.stochastic), adaptive, "transfer")
+                                  stochastic=model.stochastic, eval_draws=draws),
+                adaptive, "transfer")
     if column.paper == "fixed-draw":
         return (robustness.Models(served=model.logits_fn, source=robustness.fixed_key(model.logits_fn),
-                                  stochastic=True), adaptive, "transfer")
+                                  stochastic=True, eval_draws=draws), adaptive, "transfer")
     return adaptive, adaptive, "whitebox"
 
 

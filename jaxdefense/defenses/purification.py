@@ -1,4 +1,4 @@
-"""What the input-purification defenses (ARN, IDFR) share: their config fields, the frozen
+"""What the input-purification defenses (ARN, IDFR, APE-GAN, DiffPure) share: their config fields, the frozen
 target classifier, and the adversarial training sets crafted against it.
 
 The target is a standard classifier: trained in `workdir/target` with the same flags as
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from jaxdefense import config, evaluation
 from jaxdefense.attacks import losses as attack_losses
-from jaxdefense.attacks import pgd
+from jaxdefense.attacks import fgsm, pgd
 from jaxdefense.checkpoint import CheckpointError, load_config
 from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
@@ -29,7 +29,7 @@ from jaxdefense.defenses import standard
 from jaxdefense.evaluation import padded_batch_size
 from jaxdefense.training import Checkpoints
 
-SEEN_ATTACKS = ("pgd", "pgd_targeted")
+SEEN_ATTACKS = ("pgd", "pgd_targeted", "fgsm")
 
 
 @dataclasses.dataclass
@@ -40,7 +40,7 @@ class PurificationConfig(ExperimentConfig):
     attack_eps: float = 0.3
     attack_step_size: float = 0.01
     attack_steps: int = 40
-    seen_attacks: str = "pgd,pgd_targeted"   # pgd (untargeted) and / or pgd_targeted
+    seen_attacks: str = "pgd,pgd_targeted"   # comma list of pgd, pgd_targeted, fgsm
     # the purifier
     purifier_epochs: int = 100
     purifier_lr: float = 1e-4
@@ -111,7 +111,9 @@ def train_target(cfg: PurificationConfig, train, test, metrics_path, progress=Tr
 
 
 def craft_one(logits_fn, x, y, key, name: str, cfg: PurificationConfig):
-    """One seen attack on a batch: untargeted PGD, or PGD toward a random wrong class."""
+    """One seen attack on a batch: untargeted PGD, PGD toward a random wrong class, or FGSM."""
+    if name == "fgsm":
+        return fgsm(logits_fn, x, y, key, eps=cfg.attack_eps)
     budget = dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size, steps=cfg.attack_steps,
                   return_last=True)
     if name == "pgd":
@@ -143,17 +145,18 @@ def split_stack(xs, channels: int):
     return [xs[..., i:i + channels] for i in range(0, xs.shape[-1], channels)]
 
 
-def prepare(cfg: PurificationConfig, defense: str, progress: bool = True) -> dict:
-    """Start the run, train (or restore) the target and craft the seen attacks on the
-    training set. Returns dict(train, test, metrics_path, target=(model, vars), stack), or
-    {'stopped': 'target'} when stop_after_epochs ended the call during the target phase."""
+def prepare(cfg: PurificationConfig, defense: str, progress: bool = True,
+            craft: bool = True) -> dict:
+    """Start the run, train (or restore) the target and (craft=True) craft the seen attacks
+    on the training set. Returns dict(train, test, metrics_path, target=(model, vars), stack),
+    or {'stopped': 'target'} when stop_after_epochs ended the call during the target phase."""
     train, test, metrics_path, _ = config.start(cfg, defense)
     target = train_target(cfg, train, test, metrics_path, progress)
     if target is None:
         return {"stopped": "target"}
     model, variables = target
     stack = craft_set(lambda x: model.apply(variables, x), train.x, train.y,
-                      jax.random.key(cfg.seed + 2), cfg, progress=progress)
+                      jax.random.key(cfg.seed + 2), cfg, progress=progress) if craft else None
     return dict(train=train, test=test, metrics_path=metrics_path, target=target, stack=stack)
 
 
@@ -167,33 +170,56 @@ def distance_to_clean(purify, x, x_adv) -> dict:
 
 
 def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool = True,
-                   served=None) -> dict:
-    """Served = target(purify(x)) unless given. On the first attack_examples of the eval split: FGSM and
-    PGD at the seen-attack budget, crafted against the bare target and then purified (the
-    papers' protocol, threat 'target-only') and against the whole pipeline ('whitebox');
-    plus the L2 distance to clean images before and after purification."""
+                   served=None, stochastic: bool = False, eval_draws: int = 1,
+                   eot_samples: int | None = None, extra: dict | None = None) -> dict:
+    """Served = target(purify(x)) unless given. On the first attack_examples of the eval
+    split: FGSM and PGD at the seen-attack budget, crafted against the bare target and then
+    purified (the papers' protocol, threat 'target-only') and against the whole pipeline
+    ('whitebox'); the L2 distance to clean images before and after purification; a figure
+    of x, target-PGD x_adv and both purified (purified.png).
+
+    stochastic: purify(x, key) and served(x, key) are random; white-box PGD then averages
+    `eot_samples` gradient draws per step, and an example counts as robust only if it is
+    classified right on every one of `eval_draws` draws (also for clean accuracy).
+    """
     import json
-    from jaxdefense import robustness
+    from jaxdefense import plots, robustness
     model, variables = ready["target"]
     target_fn = lambda x: model.apply(variables, x)
-    served = served or (lambda x: model.apply(variables, purify(x)))
+    if served is None:
+        served = ((lambda x, k: target_fn(purify(x, k))) if stochastic
+                  else (lambda x: target_fn(purify(x))))
+    one_draw = robustness.fixed_key(purify) if stochastic else purify
     test = ready["test"]
     sub = test.take(cfg.attack_examples)
-    attacks = {"fgsm": dict(eps=cfg.attack_eps),
-               "pgd": dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size,
-                           steps=cfg.attack_steps)}
+    pgd_params = dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size, steps=cfg.attack_steps)
+    if stochastic and eot_samples:
+        pgd_params["eot_samples"] = eot_samples      # used where the attack sees the noise
+    attacks = {"fgsm": dict(eps=cfg.attack_eps), "pgd": pgd_params}
     key = jax.random.key(cfg.seed + 3)
-    result = robustness.report(robustness.Models(served=served, classifier=target_fn), sub.x,
-                               sub.y, key, attacks, ("target-only", "whitebox"),
+    models = robustness.Models(served=served, classifier=target_fn, stochastic=stochastic,
+                               eval_draws=eval_draws)
+    result = robustness.report(models, sub.x, sub.y, key, attacks, ("target-only", "whitebox"),
                                progress=progress)
     x_adv = craft_set(target_fn, sub.x, sub.y, key, dataclasses.replace(cfg, seen_attacks="pgd"),
                       progress=False)[..., sub.x.shape[-1]:]
-    summary = {"clean_acc_full_eval": evaluation.accuracy(served, test.x, test.y),
+    clean_fn = (lambda x: served(x, jax.random.key(1))) if stochastic else served
+    summary = {"clean_acc_full_eval": evaluation.accuracy(clean_fn, test.x, test.y),
                "target_clean_acc_full_eval": evaluation.accuracy(target_fn, test.x, test.y),
                "attack_examples": len(sub), "clean_acc": result["clean"],
                "target_only": result["target-only"], "whitebox": result["whitebox"],
-               "l2_to_clean_on_target_pgd": distance_to_clean(purify, sub.x, x_adv),
-               "attacks": attacks}
+               "l2_to_clean_on_target_pgd": distance_to_clean(one_draw, sub.x, x_adv),
+               "attacks": attacks, **(extra or {})}
+    if stochastic:
+        summary["eval_draws"] = eval_draws
+        summary["scoring"] = (f"random defense: an example counts as correct only if it is "
+                              f"classified right on all {eval_draws} draws; "
+                              f"clean_acc_full_eval is one draw")
+    plots.image_rows(os.path.join(cfg.workdir, "purified.png"),
+                     {"x": sub.x[:8], "purified x": evaluation.map_batches(one_draw, sub.x[:8]),
+                      "x_adv (PGD on target)": x_adv[:8],
+                      "purified x_adv": evaluation.map_batches(one_draw, x_adv[:8])},
+                     "Purification of clean and adversarial images")
     from jaxdefense.training import append_jsonl
     append_jsonl(ready["metrics_path"], {"phase": "report", **summary})
     with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
