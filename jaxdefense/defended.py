@@ -41,9 +41,15 @@ class DefendedClassifier:
         self._jitted = jax.jit(self.logits_fn)
 
     def __call__(self, x, key=None) -> jax.Array:
-        """Logits [B, classes] for images x: float32 [B, H, W, C] (or [H, W, C]) in [0, 1];
-        key: the noise draw of a stochastic model (default key(0)), ignored otherwise."""
-        x = jnp.asarray(x, jnp.float32)
+        """Logits [B, classes] for images x [B, H, W, C] (or [H, W, C]): float in [0, 1], or
+        uint8 in 0..255 (scaled by 1/255); non-finite values or floats outside [0, 1] raise
+        ValueError. key: the noise draw of a stochastic model (default key(0))."""
+        from jaxdefense.attacks.common import check_pixels
+        x = jnp.asarray(x)
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / 255.0
+        check_pixels(x)
+        x = x.astype(jnp.float32)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(self.image_shape):

@@ -81,3 +81,11 @@ def test_attack_argument_errors():
         pgd(linear, x[0], y, jax.random.key(0), eps=0.1)
     with pytest.raises(ValueError, match="unknown attack loss"):
         fgsm(linear, x, y, eps=0.1, loss="hinge")
+    with pytest.raises(ValueError, match="divide by 255"):
+        pgd(linear, 255.0 * x, y, jax.random.key(0), eps=0.1)
+    with pytest.raises(ValueError, match="divide by 255"):
+        fgsm(linear, (255 * x).astype(jnp.uint8), y, eps=0.1)
+    with pytest.raises(ValueError, match="1 non-finite"):
+        fgsm(linear, x.at[0, 0, 0, 0].set(jnp.nan), y, eps=0.1)
+    # inside a traced function (adversarial training) the values are not checked
+    jax.jit(lambda xb: fgsm(linear, xb, y, eps=0.1))(x)

@@ -127,8 +127,9 @@ def test_network_shapes_and_gradients_through_the_purifiers():
 def test_one_real_step_each():
     cfg = diffpure.preset("digits", smoke=True)
     net = diffpure.make_score_net(cfg)
-    state = diffpure.init_state(cfg, net, jax.random.key(0))
     x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+    params = _random_variables(net, x, jnp.ones(8))["params"]
+    state = diffpure.init_state(cfg, net, None, params)
     step = jax.jit(diffpure.train_step(cfg, net))
     batch = (x, jnp.zeros(8, jnp.int32))
     first, _ = step(state, batch, jax.random.key(2), {})     # warmup starts at lr 0
@@ -173,22 +174,14 @@ TINY = ["--dataset=digits", "--smoke", "--limit_train=128", "--limit_eval=64",
         "--attack_examples=16"]
 
 
-def test_cli_smoke_runs_restore_and_serve(tmp_path, capsys):
-    from train import apegan as apegan_cli
+@pytest.mark.slow
+def test_diffpure_cli_smoke_restores_a_random_served_model(tmp_path, capsys):
+    """Slow (about 3 minutes: every attack compiles through the reverse chain)."""
     from train import diffpure as diffpure_cli
     test = data.load("digits", "test").take(64)
-    a, d = tmp_path / "ape", tmp_path / "dp"
-    assert apegan_cli.main([*TINY, f"--workdir={a}", "--apegan_base=4"]) == 0
-    out = capsys.readouterr().out
-    report = json.loads(out[out.index("{\n"):])
-    assert set(report["whitebox"]) == {"fgsm", "pgd", "worst_case"}
-    model = jaxdefense.load(str(a))
-    assert model.defense == "apegan" and not model.stochastic and "purify" in model.parts
-    assert np.mean(model.predict(test.x) == test.y) == pytest.approx(report["clean_acc_full_eval"])
-    assert (a / "purified.png").stat().st_size > 1000
-    # DiffPure in front of the APE-GAN run's target (a train.standard-style workdir)
+    d = tmp_path / "dp"
     assert diffpure_cli.main([*TINY, f"--workdir={d}", "--reverse_steps=2",
-                              f"--target_workdir={a / 'target'}"]) == 2     # not a workdir
+                              f"--target_workdir={tmp_path}"]) == 2     # not a workdir
     capsys.readouterr()
     assert diffpure_cli.main([*TINY, f"--workdir={d}", "--reverse_steps=2"]) == 0
     out = capsys.readouterr().out
@@ -203,3 +196,19 @@ def test_cli_smoke_runs_restore_and_serve(tmp_path, capsys):
                               np.asarray(model(test.x[:4])))
     for name in ("samples.png", "purified.png"):
         assert (d / name).stat().st_size > 1000
+
+
+
+def test_apegan_cli_smoke_restores_a_deterministic_served_model(tmp_path, capsys):
+    from train import apegan as apegan_cli
+    test = data.load("digits", "test").take(64)
+    a = tmp_path / "ape"
+    assert apegan_cli.main([*TINY, f"--workdir={a}", "--apegan_base=4"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n"):])
+    assert set(report["whitebox"]) == {"fgsm", "pgd", "worst_case"}
+    assert report["attacks"]["fgsm"]["eps"] == pytest.approx(0.2)
+    model = jaxdefense.load(str(a))
+    assert model.defense == "apegan" and not model.stochastic and "purify" in model.parts
+    assert np.mean(model.predict(test.x) == test.y) == pytest.approx(report["clean_acc_full_eval"])
+    assert (a / "purified.png").stat().st_size > 1000

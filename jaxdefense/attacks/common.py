@@ -18,11 +18,30 @@ def check_budget(eps, step_size=None, steps=None):
         raise ValueError(f"steps must be a positive integer, got {steps}")
 
 
+def check_pixels(x) -> None:
+    """Reject images an attack or a model cannot use: integer dtypes (scale uint8 by 1/255
+    first), non-finite values, floats outside [0, 1]. Checked when x is concrete (not
+    inside a traced function)."""
+    if isinstance(x, jax.core.Tracer):
+        return
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"images must be float in [0, 1], got dtype {x.dtype} "
+                         f"(uint8 images: divide by 255)")
+    a = np.asarray(x)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"images contain {int(np.sum(~np.isfinite(a)))} non-finite values")
+    lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"images must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                         f"(0-255 images: divide by 255)")
+
+
 def check_images(x, y):
     if x.ndim != 4:
         raise ValueError(f"images must be NHWC [B, H, W, C], got shape {x.shape}")
     if y.shape != x.shape[:1]:
         raise ValueError(f"labels must have shape {x.shape[:1]}, got {y.shape}")
+    check_pixels(x)
 
 
 def project_linf(x_adv, x, eps):

@@ -94,11 +94,12 @@ class DiffPureConfig(PurificationConfig):
 
 
 PRESETS = {
-    # No MNIST DiffPure in the paper: a small score model this CPU trains in about half an
-    # hour, t* 0.1 as on CIFAR-10, 20 reverse steps (dt 5e-3) so attacks stay affordable.
-    "mnist": dict(dataset="mnist", epochs=20, score_base=32, channel_mult="1,2,2",
-                  num_res_blocks=1, attn_resolutions="", dropout=0.0, purifier_epochs=30,
-                  warmup_steps=200, ema_decay=0.999, reverse_steps=20, attack_eps=18 / 255,
+    # No MNIST DiffPure in the paper: a score model 2 CPU cores train in about 25 minutes
+    # (base 16: 2.2 s per step of 128 on 8000 images), t* 0.1 as on CIFAR-10, 10 reverse
+    # steps (dt 1e-2) so exact-gradient attacks stay affordable; GRFD's MNIST PGD budget.
+    "mnist": dict(dataset="mnist", epochs=20, score_base=16, channel_mult="1,2,2",
+                  num_res_blocks=1, attn_resolutions="", dropout=0.0, purifier_epochs=10,
+                  warmup_steps=100, ema_decay=0.995, reverse_steps=10, attack_eps=18 / 255,
                   attack_step_size=4 / 255, attack_steps=20, eot_samples=8),
     "digits": dict(dataset="digits", epochs=30, batch_size=64, eval_every=5, score_base=16,
                    channel_mult="1,2", num_res_blocks=1, attn_resolutions="", dropout=0.0,
@@ -187,9 +188,12 @@ def eps_fn_of(net: ScoreUNet, params):
     return lambda x, t: net.apply({"params": params}, x, t, train=False)
 
 
-def init_state(cfg: DiffPureConfig, net: ScoreUNet, key) -> DiffusionState:
-    shape = dataset_info(cfg.dataset)["shape"]
-    params = jax.jit(net.init)(key, jnp.zeros((1, *shape)), jnp.ones((1,)))["params"]
+def init_state(cfg: DiffPureConfig, net: ScoreUNet, key, params=None) -> DiffusionState:
+    """Adam with linear warmup and global-norm clipping; EMA starts at the params (drawn
+    from `key` unless given)."""
+    if params is None:
+        shape = dataset_info(cfg.dataset)["shape"]
+        params = jax.jit(net.init)(key, jnp.zeros((1, *shape)), jnp.ones((1,)))["params"]
     schedule = optax.linear_schedule(0.0, cfg.purifier_lr, max(cfg.warmup_steps, 1))
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(schedule))
     return DiffusionState.create(apply_fn=None, params=params, batch_stats={}, tx=tx,
