@@ -9,7 +9,7 @@ examples under the papers' protocol and the adaptive white-box attack, print the
 Each column trains in ROOT/<defense> (resuming a run that stopped; a workdir with
 results.json is taken as it is), or comes from --existing=grfd:runs/grfd-mnist,... The
 table (accuracy in %, the paper's value in parentheses) goes to stdout and ROOT/table3.md,
-with ROOT/table3.json and ROOT/table3.png. Columns not implemented yet say so.
+with ROOT/table3.json and ROOT/table3.png.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def parse_args(argv):
     p.add_argument("--dataset", required=True, choices=("mnist", "cifar10", "cifar100", "digits"))
     p.add_argument("--root", default="runs/table3", help="one workdir per defense under it")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny models and data, capped attacks: seconds per column")
+                   help="tiny models and data, capped attacks (5 steps, 2 EOT draws)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every training phase "
                    "(default: each preset's; the paper's 150 for GRFD)")
     p.add_argument("--examples", type=int, default=500, help="attacked examples (default: 500)")
@@ -38,6 +38,8 @@ def parse_args(argv):
                    help="cap on attack iterations (default: the preset's; --smoke: 5)")
     p.add_argument("--eot_samples", type=int, default=None,
                    help="EOT draws on randomized columns (default: the harness's 20)")
+    p.add_argument("--attacks", default=None,
+                   help="comma list of attacks (default: all): " + ",".join(table3.ATTACK_ORDER))
     p.add_argument("--columns", default=None,
                    help="comma list of columns (default: all): " +
                         ",".join(c.name for c in table3.COLUMNS))
@@ -92,7 +94,10 @@ def main(argv=None) -> int:
                         filter(None, (args.existing or "").split(",")))
         overrides = _overrides(args)
         max_steps = args.max_steps if args.max_steps is not None else (5 if args.smoke else None)
-        attacks = table3.attacks_for(args.dataset, max_steps, args.eot_samples)
+        eot = args.eot_samples if args.eot_samples is not None else (2 if args.smoke else None)
+        names = None if args.attacks is None else [a.strip() for a in args.attacks.split(",")
+                                                    if a.strip()]
+        attacks = table3.attacks_for(args.dataset, max_steps, eot, names)
         workdirs = table3.train_columns(args.root, args.dataset, args.smoke, overrides,
                                         existing, only=only)
         from jaxdefense.checkpoint import load_config
@@ -105,7 +110,7 @@ def main(argv=None) -> int:
                               jax.random.key(args.seed), args.batch_size, only=only)
     result = dict(dataset=args.dataset, examples=len(ds), split=std["eval_split"],
                   preset=table3.preset_for(args.dataset), attacks=attacks,
-                  eot_samples=args.eot_samples or 20, max_steps=max_steps,
+                  eot_samples=eot or 20, max_steps=max_steps,
                   columns=columns, paper_values=table3.paper_values(args.dataset))
     text = table3.markdown(result)
     print("\n" + text)

@@ -10,8 +10,8 @@ attack preset, under two protocols side by side:
 - adaptive: the white-box attack on the whole served pipeline, with EOT over randomness
   (smoothing) and BPDA through non-differentiable stages (bit depth, median).
 Both report the per-sample worst case over the five attacks. The paper's own numbers sit
-next to each measured cell (`reference/grfd_table3.json`, with their source); columns not
-implemented appear as such, never as numbers.
+next to each measured cell (`reference/grfd_table3.json`, with their source). A run may
+take a subset of the attacks (`names`); the rows of the others stay empty, never invented.
 """
 from __future__ import annotations
 
@@ -29,18 +29,17 @@ from jaxdefense.attacks.presets import get_preset, preset_for
 
 ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "eotpgd", "vmifgsm")
 ATTACK_LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AA",
-                 "eotpgd": "EOT-PGD", "vmifgsm": "VMI-FGSM", "avg": "Avg (5 attacks)",
+                 "eotpgd": "EOT-PGD", "vmifgsm": "VMI-FGSM", "avg": "Avg",
                  "worst_case": "Worst case"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """One defense of the table. `trains`: the defense whose workdir it needs (None: not
-    implemented); `preprocess`: a squeezer in front of the 'none' model; `paper`: 'transfer'
+    """One defense of the table. `trains`: the defense whose workdir it needs; `preprocess`: a squeezer in front of the 'none' model; `paper`: 'transfer'
     (from the none column) | 'whitebox' | 'fixed-draw' (one noise draw, no EOT)."""
     name: str
     label: str
-    trains: Optional[str]
+    trains: str
     paper: str
     preprocess: Optional[dict] = None      # {dataset kind: spec}
 
@@ -100,7 +99,7 @@ def train_columns(root: str, dataset: str, smoke: bool, overrides: dict, existin
     the defense's preset plus `overrides` (fields a defense lacks are skipped). Purifiers
     (APE-GAN, DiffPure) sit in front of the 'none' column's model as their frozen target,
     so the transfer source and the target are the same network, as in the paper."""
-    needed = {c.trains for c in COLUMNS if c.trains and (only is None or c.name in only)}
+    needed = {c.trains for c in COLUMNS if (only is None or c.name in only)}
     needed.add("standard")                       # the transfer source and the squeezers' target
     workdirs = {}
     for defense in sorted(needed, key=lambda d: d != "standard"):
@@ -127,12 +126,19 @@ def train_columns(root: str, dataset: str, smoke: bool, overrides: dict, existin
     return workdirs
 
 
-def attacks_for(dataset: str, max_steps: int | None, eot_samples: int | None) -> dict:
+def attacks_for(dataset: str, max_steps: int | None, eot_samples: int | None,
+                names=None) -> dict:
+    """The dataset's GRFD preset in the table's order, `names` (default: all five) only."""
+    names = ATTACK_ORDER if names is None else tuple(names)
+    unknown = set(names) - set(ATTACK_ORDER)
+    if unknown or not names:
+        raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {list(ATTACK_ORDER)}"
+                         if unknown else "no attack chosen")
     attacks = get_preset(preset_for(dataset), max_steps)
     if eot_samples is not None:       # EOT draws on randomized columns (the harness's 20)
         for name in ("pgd", "autoattack", "eotpgd"):
             attacks[name]["eot_samples"] = eot_samples
-    return {k: attacks[k] for k in ATTACK_ORDER}
+    return {k: attacks[k] for k in ATTACK_ORDER if k in names}
 
 
 def column_models(column: Column, models: dict, dataset: str):
@@ -176,9 +182,6 @@ def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size:
         if only is not None and column.name not in only:
             continue
         entry = {"label": column.label, "paper_protocol": PAPER_PROTOCOL[column.paper]}
-        if column.trains is None:
-            out[column.name] = {**entry, "status": "not implemented"}
-            continue
         paper_m, adaptive_m, threat = column_models(column, models, dataset)
         if progress:
             print(f"== attacking {column.label}", flush=True)
@@ -191,6 +194,7 @@ def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size:
             adaptive = robustness.report(adaptive_m, x, y, k, attacks, ("whitebox",),
                                          batch_size, progress)
             rows["adaptive"] = {"clean": adaptive["clean"], **_with_avg(adaptive["whitebox"])}
+        jax.clear_caches()      # this column's compiled attacks are not used again
         workdir = workdirs.get(column.trains)
         out[column.name] = {**entry, "status": "measured", "workdir": workdir,
                             "served": (f"{column.preprocess[_kind(dataset)]} in front of none"
@@ -202,9 +206,7 @@ def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size:
 ROWS = ("clean", *ATTACK_ORDER, "avg", "worst_case")
 
 
-def _cell(measured: dict | None, row: str, paper: dict) -> str:
-    if measured is None:
-        return "not implemented"
+def _cell(measured: dict, row: str, paper: dict) -> str:
     v = measured.get(row)
     text = "-" if v is None else f"{100 * v:.1f}"
     p = paper.get(row)
@@ -224,10 +226,16 @@ def markdown(table: dict) -> str:
         lines += [f"## {title}", "",
                   "| | " + " | ".join(table["columns"][c]["label"] for c in cols) + " |",
                   "|---|" + "---|" * len(cols)]
+        n = len(table.get("attacks", ATTACK_ORDER))
         for row in ROWS:
+            # the paper's average is over all five attacks: not shown next to a subset's
+            shown = protocol == "paper" and (row != "avg" or n == len(ATTACK_ORDER))
             cells = [_cell(table["columns"][c].get(protocol), row,
-                           paper.get(c, {}) if protocol == "paper" else {}) for c in cols]
-            lines.append(f"| {ATTACK_LABELS[row]} | " + " | ".join(cells) + " |")
+                           paper.get(c, {}) if shown else {}) for c in cols]
+            label = ATTACK_LABELS[row]
+            if row == "avg":
+                label += f" ({n} attack{'s' * (n != 1)})"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Paper protocol per column: " + "; ".join(
         f"{table['columns'][c]['label']}: {table['columns'][c]['paper_protocol']}" for c in cols),

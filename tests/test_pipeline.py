@@ -52,8 +52,8 @@ def test_load_in_fresh_process_gives_identical_logits(trained):
     with pytest.raises(ValueError, match="expected images of shape"):
         model(np.zeros((2, 32, 32, 3), np.float32))
     # uint8 images are scaled; 0-255 floats and NaNs are refused, not silently served
-    np.testing.assert_array_equal(np.asarray(model(np.round(x * 255).astype(np.uint8))),
-                                  np.asarray(model(np.round(x * 255) / 255)))
+    np.testing.assert_allclose(np.asarray(model(np.round(x * 255).astype(np.uint8))),
+                               np.asarray(model(np.round(x * 255) / 255)), atol=1e-5)
     with pytest.raises(ValueError, match=r"in \[0, 1\].*divide by 255"):
         model(x * 255)
     with pytest.raises(ValueError, match="non-finite"):

@@ -44,14 +44,13 @@ def test_each_column_is_attacked_under_its_protocol():
 def test_markdown_layout_and_paper_values(tmp_path):
     row = {"clean": 0.99, "fgsm": 0.5, "pgd": 0.25, "autoattack": 0.0, "eotpgd": 0.25,
            "vmifgsm": 0.5, "avg": 0.3, "worst_case": 0.0}
-    columns = {c.name: ({"label": c.label, "paper_protocol": table3.PAPER_PROTOCOL[c.paper],
-                         "status": "not implemented"} if c.trains is None else
-                        {"label": c.label, "paper_protocol": table3.PAPER_PROTOCOL[c.paper],
-                         "status": "measured", "paper": row, "adaptive": row})
+    columns = {c.name: {"label": c.label, "paper_protocol": table3.PAPER_PROTOCOL[c.paper],
+                        "status": "measured", "paper": row,
+                        "adaptive": {**row, "pgd": 0.0} if c.name == "diffpure" else row}
                for c in table3.COLUMNS}
     result = {"dataset": "mnist", "examples": 500, "preset": "grfd-mnist", "columns": columns,
               "paper_values": {"source": "S", "note": "",
-                               "values": {"grfd": {"pgd": 0.912}}}}
+                               "values": {"grfd": {"pgd": 0.912, "avg": 0.9}}}}
     text = table3.markdown(result)
     lines = text.splitlines()
     header = next(l for l in lines if l.startswith("| |"))
@@ -59,7 +58,12 @@ def test_markdown_layout_and_paper_values(tmp_path):
     pgd_rows = [l for l in lines if l.startswith("| PGD |")]
     assert len(pgd_rows) == 2                                    # both protocols
     assert pgd_rows[0].endswith("| 25.0 (91.2) |") and pgd_rows[1].endswith("| 25.0 |")
-    assert pgd_rows[0].count("not implemented") == 2             # APE-GAN, DiffPure
+    assert pgd_rows[0].count("| 25.0 ") == len(table3.COLUMNS)   # one cell per column
+    assert pgd_rows[1].split("|")[-3] == " 0.0 "                   # DiffPure, adaptive
+    assert next(l for l in lines if l.startswith("| Avg (5 attacks) |")).endswith("| 30.0 (90.0) |")
+    # a subset's average is not the paper's five-attack average: no paper value beside it
+    sub = table3.markdown({**result, "attacks": {"fgsm": {}, "pgd": {}}})
+    assert next(l for l in sub.splitlines() if l.startswith("| Avg (2 attacks) |")).endswith("| 30.0 |")
     assert table3.figure(str(tmp_path / "t.png"), result) and (tmp_path / "t.png").stat().st_size > 1000
     ref = table3.paper_values("cifar10")
     assert ref["source"] and isinstance(ref["values"], dict)
@@ -71,36 +75,44 @@ def test_attacks_follow_the_dataset_preset():
     assert a["pgd"] == {"eps": 18 / 255, "step_size": 8 / 255, "steps": 100}
     a = table3.attacks_for("cifar10", 5, 4)
     assert a["pgd"]["steps"] == 5 and a["pgd"]["eot_samples"] == 4
+    assert list(table3.attacks_for("mnist", None, None, ["vmifgsm", "fgsm"])) == ["fgsm", "vmifgsm"]
 
 
-def test_bad_column_is_a_clear_error(capsys):
+def test_bad_column_or_attack_is_a_clear_error(capsys, tmp_path):
     from eval import table3 as cli
-    assert cli.main(["--dataset=digits", "--columns=none,jpeg", "--root=/tmp/never"]) == 2
+    root = f"--root={tmp_path / 'never'}"
+    assert cli.main(["--dataset=digits", "--columns=none,jpeg", root]) == 2
     assert "unknown columns ['jpeg']" in capsys.readouterr().err
+    assert cli.main(["--dataset=digits", "--attacks=pgd,cw", root]) == 2
+    assert "unknown attacks ['cw']" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()                     # nothing trained or written
 
 
 @pytest.mark.slow
 def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
-    """The whole command on the embedded digits, every column (about 10 minutes on 2 cores,
-    mostly compiling each column's five attacks twice)."""
+    """The whole command on the embedded digits, every column trained and attacked under both
+    protocols with two of the five attacks (the attack implementations have their own tests;
+    all five on every column means about a hundred more compiles)."""
     from eval import table3 as cli
     root = tmp_path / "t3"
     args = ["--dataset=digits", "--smoke", f"--root={root}", "--examples=32", "--epochs=1",
+            "--attacks=fgsm,pgd",
             "--set=limit_train=128,limit_eval=64,batch_size=32,lenet_width=0.25,z_dim=8,"
             "vae_base=4"]
     assert cli.main(args) == 0
     out = json.loads((root / "table3.json").read_text())
-    assert out["examples"] == 32
+    assert out["examples"] == 32 and list(out["attacks"]) == ["fgsm", "pgd"]
+    assert out["attacks"]["pgd"]["steps"] == 5 and out["eot_samples"] == 2
     for c in table3.COLUMNS:
         col = out["columns"][c.name]
-        if c.trains is None:
-            assert col["status"] == "not implemented"
-            continue
+        assert col["status"] == "measured"
         for protocol in ("paper", "adaptive"):
             r = col[protocol]
-            assert set(r) == {"clean", *table3.ATTACK_ORDER, "avg", "worst_case"}
-            assert r["worst_case"] <= min(r[a] for a in table3.ATTACK_ORDER) + 1e-9
-    assert (root / "table3.md").read_text().count("| Worst case |") == 2
+            assert set(r) == {"clean", "fgsm", "pgd", "avg", "worst_case"}
+            assert r["worst_case"] <= min(r["fgsm"], r["pgd"]) + 1e-9
+    md = (root / "table3.md").read_text()
+    assert md.count("| Worst case |") == 2 and md.count("| Avg (2 attacks) |") == 2
+    assert md.count("| AA | " + " | ".join(["-"] * len(table3.COLUMNS)) + " |") == 2
     assert (root / "table3.png").stat().st_size > 1000
     # a second call takes the finished workdirs and trains nothing
     assert cli.main(args + ["--columns=none"]) == 0
