@@ -9,7 +9,9 @@ examples under the papers' protocol and the adaptive white-box attack, print the
 Each column trains in ROOT/<defense> (resuming a run that stopped; a workdir with
 results.json is taken as it is), or comes from --existing=grfd:runs/grfd-mnist,... The
 table (accuracy in %, the paper's value in parentheses) goes to stdout and ROOT/table3.md,
-with ROOT/table3.json and ROOT/table3.png.
+with ROOT/table3.json and ROOT/table3.png. Each column's measurement is kept in
+ROOT/columns/<column>.json as soon as it is done: run the same command again after a stop
+and it attacks only the columns not yet measured (with the same examples, attacks and runs).
 """
 from __future__ import annotations
 
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     columns = table3.evaluate(workdirs, args.dataset, ds.x, ds.y, attacks,
-                              jax.random.key(args.seed), args.batch_size, only=only)
+                              jax.random.key(args.seed), args.batch_size, only=only,
+                              cache_dir=os.path.join(args.root, "columns"))
     result = dict(dataset=args.dataset, examples=len(ds), split=std["eval_split"],
                   preset=table3.preset_for(args.dataset), attacks=attacks,
                   eot_samples=eot or 20, max_steps=max_steps,

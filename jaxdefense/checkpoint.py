@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
+import warnings
 
 import jax
 import numpy as np
@@ -11,6 +14,10 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or of another architecture; the message says which."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read (a truncated or damaged file)."""
 
 
 class Checkpoints:
@@ -32,25 +39,69 @@ class Checkpoints:
         self.manager.save(step, args=ocp.args.StandardSave(tree))
 
     def restore(self, template, step: int | None = None):
-        """Restore into the structure, shapes and shardings of `template`."""
+        """Restore into the structure, shapes and shardings of `template`. When the newest
+        checkpoint is corrupt, the error names the newest older one that restores."""
+        explicit = step is not None
         step = self.latest() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory} yet; finish training first")
+        try:
+            return self._restore(template, step)
+        except CorruptCheckpointError as e:
+            if explicit:
+                raise
+            good = next((s for s in self.steps() if s < step and self._restores(template, s)),
+                        None)
+            hint = (f"; the newest good checkpoint is step {good} (resuming the training run "
+                    f"falls back to it)" if good is not None else
+                    "; no older checkpoint restores either")
+            raise CorruptCheckpointError(f"{e}{hint}") from e
+
+    def restore_newest_good(self, template):
+        """(step, state) from the newest checkpoint that restores, or (0, template) when none
+        does. A corrupt checkpoint is moved aside to DIRECTORY.corrupt/STEP-TIME (nothing is
+        deleted) with a warning, so training redoes its epochs and saves them again."""
+        for step in self.steps():
+            try:
+                return step, self._restore(template, step)
+            except CorruptCheckpointError as e:
+                aside = os.path.join(f"{self.directory}.corrupt", f"{step}-{int(time.time())}")
+                os.makedirs(os.path.dirname(aside), exist_ok=True)
+                shutil.move(os.path.join(self.directory, str(step)), aside)
+                self.manager.reload()
+                warnings.warn(f"{e}; moved it to {aside} and resuming from an older checkpoint",
+                              stacklevel=2)
+        return 0, template
+
+    def steps(self) -> list[int]:
+        """Saved steps, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def _restores(self, template, step: int) -> bool:
+        try:
+            self._restore(template, step)
+            return True
+        except CorruptCheckpointError:
+            return False
+
+    def _restore(self, template, step: int):
         self._check_shapes(template, step)
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(template))
         except Exception as e:  # orbax raises many types for damaged files
-            raise CheckpointError(f"cannot restore {self.directory} step {step}: the "
-                                  f"checkpoint looks corrupt ({type(e).__name__}: {e})") from e
+            raise CorruptCheckpointError(f"cannot restore {self.directory} step {step}: the "
+                                         f"checkpoint looks corrupt ({type(e).__name__}: {e})"
+                                         ) from e
 
     def _check_shapes(self, template, step: int) -> None:
         try:
             meta = self.manager.item_metadata(step)
         except Exception as e:
-            raise CheckpointError(f"cannot read {self.directory} step {step}: the checkpoint "
-                                  f"looks corrupt ({type(e).__name__}: {e})") from e
+            raise CorruptCheckpointError(f"cannot read {self.directory} step {step}: the "
+                                         f"checkpoint looks corrupt ({type(e).__name__}: {e})"
+                                         ) from e
         if meta is None:
-            raise CheckpointError(f"{self.directory} step {step} has no readable metadata")
+            raise CorruptCheckpointError(f"{self.directory} step {step} has no readable metadata")
         want = {_path(p): tuple(np.shape(v))
                 for p, v in jax.tree_util.tree_leaves_with_path(template)}
         have = {_path(p): tuple(getattr(v, "shape", ()) or ())

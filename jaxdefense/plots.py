@@ -80,10 +80,23 @@ def line_plot(path: str, x, lines: dict, xlabel: str, ylabel: str, title: str = 
 
 
 def accuracy_vs_eps(path: str, sweep: dict, title: str = "") -> str:
-    """Accuracy against eps (in /255) for each attack in `sweep` ({'eps': [...], name: [...]})."""
-    return line_plot(path, np.asarray(sweep["eps"]) * 255,
-                     {k: v for k, v in sweep.items() if k != "eps"}, "eps (/255)", "accuracy",
-                     title, marker="o")
+    """Accuracy against eps (in /255) for each series of `sweep` ({'eps': [...], name: [...]}).
+    Names 'GROUP/attack' share a colour per group (threat model) and a line style per attack
+    (PGD solid, FGSM dashed), so the protocols sit side by side on one axis."""
+    eps = np.asarray(sweep["eps"]) * 255
+    names = [k for k in sweep if k != "eps"]
+    groups = list(dict.fromkeys(n.split("/")[0] for n in names if "/" in n))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {"pgd": "-", "fgsm": "--"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in names:
+        group, _, attack = n.partition("/")
+        style = dict(color=colours[groups.index(group) % len(colours)],
+                     linestyle=styles.get(attack, ":")) if attack else {}
+        ax.plot(eps, sweep[n], marker="o", markersize=3, label=n.replace("/", ", "), **style)
+    ax.set_xlabel("eps (/255)"), ax.set_ylabel("accuracy"), ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3), ax.legend(fontsize=7), ax.set_title(title)
+    return _save(fig, path)
 
 
 def grouped_bars(path: str, groups: list, series: dict, ylabel: str, title: str = "") -> str:

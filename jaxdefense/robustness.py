@@ -103,6 +103,18 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
     return np.concatenate(correct), max_linf
 
 
+def _attacked(models: Models, threat: str):
+    """The logits function a threat model's attacks see."""
+    if threat not in THREATS:
+        raise ValueError(f"unknown threat model {threat!r}; choose from {THREATS}")
+    attacked = {"whitebox": models.served, "target-only": models.classifier,
+                "transfer": models.source}[threat]
+    if attacked is None:
+        raise ValueError(f"threat model {threat!r} needs "
+                         f"{'a classifier part' if threat == 'target-only' else 'a source model'}")
+    return attacked
+
+
 def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
            batch_size: int = 256, progress: bool = True) -> dict:
     """{'clean': acc, threat: {attack: acc, ..., 'worst_case': acc}, 'max_linf': {...}}.
@@ -114,13 +126,7 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
                              eval_draws=models.eval_draws)
     out = {"examples": int(len(x)), "clean": float(clean.mean()), "max_linf": {}}
     for t_i, threat in enumerate(threats):
-        if threat not in THREATS:
-            raise ValueError(f"unknown threat model {threat!r}; choose from {THREATS}")
-        attacked = {"whitebox": models.served, "target-only": models.classifier,
-                    "transfer": models.source}[threat]
-        if attacked is None:
-            raise ValueError(f"threat model {threat!r} needs "
-                             f"{'a classifier part' if threat == 'target-only' else 'a source model'}")
+        attacked = _attacked(models, threat)
         stoch = models.stochastic and threat == "whitebox"
         worst = clean.copy()
         out[threat] = {}
@@ -181,16 +187,28 @@ def sanity_checks(models: Models, x, y, key, result: dict, num_classes: int,
     return checks
 
 
-def eps_sweep(models: Models, x, y, key, eps_list, steps: int = 20, batch_size: int = 256):
-    """White-box FGSM and PGD (step eps/4, `steps` steps) accuracy at each eps."""
-    out = {"eps": [float(e) for e in eps_list], "fgsm": [], "pgd": []}
-    for i, eps in enumerate(eps_list):
-        for name, params in (("fgsm", dict(eps=eps)),
-                             ("pgd", dict(eps=eps, step_size=eps / 4, steps=steps))):
-            ok, _ = correct_under(models.served, models.stochastic, models.served,
-                                  craft_fn(name, params, models.stochastic), x, y,
-                                  jax.random.fold_in(key, i), batch_size)
-            out[name].append(float(ok.mean()))
+def eps_sweep(models: Models, x, y, key, eps_list, steps: int = 20, batch_size: int = 256,
+              threats=("whitebox",)):
+    """Accuracy at each Linf eps (in [0, 1] pixel units) under FGSM and PGD (step eps / 4,
+    `steps` steps): {'eps': [...], 'THREAT/fgsm': [...], 'THREAT/pgd': [...]} for each threat
+    model in `threats` (the served model scored, as in `report`), and, when `models.source`
+    is given, 'source alone/...': the undefended source model attacked white-box on its own,
+    the baseline the defense is meant to improve on."""
+    series = [(t, models.served, _attacked(models, t), models.stochastic,
+               models.stochastic and t == "whitebox") for t in threats]
+    if models.source is not None:
+        series.append(("source alone", models.source, models.source, False, False))
+    out = {"eps": [float(e) for e in eps_list]}
+    for s_i, (label, served, attacked, stochastic, eot) in enumerate(series):
+        for name in ("fgsm", "pgd"):
+            out[f"{label}/{name}"] = []
+        for i, eps in enumerate(eps_list):
+            for name, params in (("fgsm", dict(eps=eps)),
+                                 ("pgd", dict(eps=eps, step_size=eps / 4, steps=steps))):
+                ok, _ = correct_under(served, stochastic, attacked, craft_fn(name, params, eot),
+                                      x, y, jax.random.fold_in(key, 1000 * s_i + i), batch_size,
+                                      eval_draws=models.eval_draws)
+                out[f"{label}/{name}"].append(float(ok.mean()))
     return out
 
 

@@ -16,6 +16,7 @@ take a subset of the attacks (`names`); the rows of the others stay empty, never
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from importlib import resources
@@ -171,21 +172,54 @@ def _with_avg(result: dict) -> dict:
     return row
 
 
+def _fingerprint(column: Column, workdirs: dict, x, y, attacks: dict, key,
+                 batch_size: int) -> str:
+    """What a column's measurement depends on: the examples, the attacks, the key, the batch
+    and the finished runs it loads (their results.json, rewritten by any retraining)."""
+    h = hashlib.sha256()
+    runs = {}
+    for d in sorted({column.trains, "standard"}):
+        path = os.path.join(workdirs[d], "results.json")
+        runs[d] = hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) \
+            else os.path.abspath(workdirs[d])
+    h.update(json.dumps(dict(column=column.name, attacks=attacks, batch_size=batch_size,
+                             key=np.asarray(jax.random.key_data(key)).tolist(), runs=runs),
+                        sort_keys=True).encode())
+    h.update(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(y, np.int64)).tobytes())
+    return h.hexdigest()
+
+
 def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size: int = 256,
-             progress: bool = True, only=None) -> dict:
+             progress: bool = True, only=None, cache_dir: Optional[str] = None) -> dict:
     """Per column: status, paper-protocol and adaptive rows {clean, attacks..., avg,
-    worst_case}; the adaptive run is skipped where it is the paper's (same attack)."""
+    worst_case}; the adaptive run is skipped where it is the paper's (same attack).
+    With `cache_dir`, each finished column is written to cache_dir/<column>.json and taken
+    from there by a later call with the same examples, attacks, key and runs, so a table
+    that stopped part-way resumes at the first unfinished column."""
     import jaxdefense
     models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
     out = {}
     for i, column in enumerate(COLUMNS):
         if only is not None and column.name not in only:
             continue
+        k = jax.random.fold_in(key, i)
+        cached = None
+        if cache_dir is not None:
+            cached = os.path.join(cache_dir, f"{column.name}.json")
+            stamp = _fingerprint(column, workdirs, x, y, attacks, k, batch_size)
+            if os.path.isfile(cached):
+                with open(cached) as f:
+                    earlier = json.load(f)
+                if earlier.get("fingerprint") == stamp:
+                    if progress:
+                        print(f"== {column.label}: measured earlier ({cached})", flush=True)
+                    out[column.name] = earlier["column"]
+                    continue
         entry = {"label": column.label, "paper_protocol": PAPER_PROTOCOL[column.paper]}
         paper_m, adaptive_m, threat = column_models(column, models, dataset)
         if progress:
             print(f"== attacking {column.label}", flush=True)
-        k = jax.random.fold_in(key, i)
         paper = robustness.report(paper_m, x, y, k, attacks, (threat,), batch_size, progress)
         rows = {"paper": {"clean": paper["clean"], **_with_avg(paper[threat])}}
         if paper_m is adaptive_m:
@@ -200,6 +234,12 @@ def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size:
                             "served": (f"{column.preprocess[_kind(dataset)]} in front of none"
                                        if column.preprocess else models[column.trains].defense),
                             **rows}
+        if cached is not None:
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = cached + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"fingerprint": stamp, "column": out[column.name]}, f, indent=2)
+            os.replace(tmp, cached)
     return out
 
 

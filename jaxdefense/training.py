@@ -19,6 +19,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from jaxdefense import summaries
 from jaxdefense.checkpoint import Checkpoints
 from jaxdefense.data import train_batches
 from jaxdefense.sharding import replicate, shard_batch
@@ -112,9 +113,34 @@ def classifier_step(model, transform: Callable | None = None,
 
 
 def append_jsonl(path: str, record: dict) -> None:
+    """Append a metrics record to a JSON-lines file, and its numbers to the TensorBoard event
+    files in the same directory (`summaries`)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+    summaries.scalars(os.path.dirname(os.path.abspath(path)), record)
+
+
+def drop_later_epochs(path: str, phase: str, epoch: int) -> None:
+    """Remove `phase` records past `epoch` from a metrics file: a run resuming from the
+    checkpoint of `epoch` logs those epochs again, and each epoch appears once."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue                      # a line cut short by a kill
+        if not (rec.get("phase") == phase and rec.get("epoch", 0) > epoch):
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if keep != lines:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
 
 
 def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epochs: int,
@@ -123,16 +149,17 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
         eval_fn: Callable[[TrainState], dict] | None = None, eval_every: int = 1,
         metrics_path: str | None = None, keep: int = 3,
         stop_after_epochs: int | None = None, progress: bool = True) -> TrainState:
-    """Train `state` for `epochs` epochs over (x, y), resuming from `ckpt_dir` if possible.
+    """Train `state` for `epochs` epochs over (x, y), resuming from `ckpt_dir` if possible
+    (from the newest checkpoint that restores: a corrupt one is set aside with a warning,
+    and metrics of epochs redone are not written twice).
 
     hparams_fn(epoch) gives per-epoch scalars (e.g. GRFD's alpha) passed as arrays, so they
     never trigger a recompile. stop_after_epochs leaves early (a later call resumes).
     """
     ckpts = Checkpoints(ckpt_dir, keep)
-    start = ckpts.latest() or 0
-    state = replicate(state)
-    if start:
-        state = ckpts.restore(state)
+    start, state = ckpts.restore_newest_good(replicate(state))
+    if metrics_path:
+        drop_later_epochs(metrics_path, phase, start)
     base_key = jax.random.key(seed)
 
     def keyed_step(state, batch, hparams):

@@ -55,6 +55,9 @@ def test_smoke_runs_then_eval_with_all_threat_models(tmp_path):
     assert set(result["whitebox"]) == {"fgsm", "pgd", "worst_case"}
     assert result["whitebox"]["worst_case"] <= result["transfer"]["worst_case"]
     assert (w / "robustness_eps.png").stat().st_size > 1000
+    assert set(result["eps_sweep"]) == {"eps"} | {           # every threat model, one figure
+        f"{t}/{a}" for t in ("whitebox", "target-only", "transfer", "source alone")
+        for a in ("fgsm", "pgd")}
     r = _run("eval.robustness", f"--workdir={w}", "--threats=transfer")
     assert r.returncode == 2 and "--source_workdir" in r.stderr
     r = _run("eval.robustness", f"--workdir={s}", "--preprocess=squeeze:4", "--eps_sweep=none")

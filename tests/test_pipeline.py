@@ -34,6 +34,17 @@ def test_run_writes_report_metrics_and_figures(trained):
     assert lines[0]["alpha"] == 10.0 and "l_rb" in lines[0]["train"]
     for fig in ("reconstructions.png", "latent.png"):
         assert os.path.getsize(os.path.join(cfg.workdir, "figures", fig)) > 1000
+    # the same records as TensorBoard event files, read back with TensorBoard's own reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(os.path.join(cfg.workdir, "tensorboard"),
+                              size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    l_rb = events.Scalars("generator/train/l_rb")
+    assert [e.step for e in l_rb] == [1, 2]
+    assert [e.value for e in l_rb] == pytest.approx([l["train"]["l_rb"] for l in lines[:2]])
+    assert events.Scalars("report/pgd_acc")[0].value == pytest.approx(report["pgd_acc"])
+    assert "target/images_per_s" in events.Tags()["scalars"]
+    assert events.Images("reconstructions")[0].width > 100
 
 
 def test_load_in_fresh_process_gives_identical_logits(trained):

@@ -44,6 +44,23 @@ def test_report_threats_worst_case_and_checks():
     assert "worst_case" in robustness.format_table(res)
 
 
+def test_eps_sweep_draws_every_threat_model_and_the_source_alone(tmp_path):
+    from jaxdefense import plots
+    x, y = _data()
+    models = robustness.Models(served=served, classifier=served, source=source)
+    sweep = robustness.eps_sweep(models, x, y, jax.random.key(0), [0.0, 0.3], steps=5,
+                                 threats=("whitebox", "transfer"))
+    assert set(sweep) == {"eps"} | {f"{t}/{a}" for t in ("whitebox", "transfer", "source alone")
+                                    for a in ("fgsm", "pgd")}
+    assert sweep["whitebox/pgd"][0] == sweep["transfer/pgd"][0] == 1.0   # eps 0: clean
+    src_clean = float(np.mean(np.argmax(source(x), 1) == y))            # source scored alone
+    assert sweep["source alone/pgd"][0] == pytest.approx(src_clean)
+    assert sweep["whitebox/pgd"][1] <= sweep["transfer/pgd"][1]         # the protocols' gap
+    assert sweep["whitebox/pgd"][1] < 0.5
+    path = plots.accuracy_vs_eps(str(tmp_path / "eps.png"), sweep, "t")
+    assert (tmp_path / "eps.png").stat().st_size > 1000 and path.endswith("eps.png")
+
+
 def test_sanity_checks_flag_a_masked_model():
     x, y = _data()
     masked = lambda xa: served(jnp.round(xa * 2) / 2)

@@ -1,5 +1,7 @@
 """GRFD's Table 3 command: protocols per column, the table's layout, the full smoke run."""
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import pytest
 
 from jaxdefense import table3
 from jaxdefense.defended import DefendedClassifier
+from tests.conftest import REPO, run_env
 
 
 def _model(logits_fn, defense, stochastic=False):
@@ -88,18 +91,48 @@ def test_bad_column_or_attack_is_a_clear_error(capsys, tmp_path):
     assert not (tmp_path / "never").exists()                     # nothing trained or written
 
 
+def test_a_column_is_measured_again_only_when_what_it_depends_on_changed(tmp_path):
+    runs = {}
+    for d in ("standard", "cdvae"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "results.json").write_text('{"clean_acc": 0.9}')
+        runs[d] = str(tmp_path / d)
+    col = {c.name: c for c in table3.COLUMNS}
+    x, y, key = np.zeros((4, 2, 2, 1), np.float32), np.arange(4), jax.random.key(0)
+    attacks = table3.attacks_for("mnist", 5, 2, ["fgsm", "pgd"])
+    stamp = lambda c="cdvae", x=x, attacks=attacks, key=key, batch=256: table3._fingerprint(
+        col[c], runs, x, y, attacks, key, batch)
+    base = stamp()
+    assert stamp() == base
+    changed = [stamp(c="fs"), stamp(x=x + 0.5),
+               stamp(attacks=table3.attacks_for("mnist", 6, 2, ["fgsm", "pgd"])),
+               stamp(key=jax.random.key(1)), stamp(batch=128)]
+    assert len({base, *changed}) == 1 + len(changed)
+    (tmp_path / "cdvae" / "results.json").write_text('{"clean_acc": 0.8}')   # retrained
+    assert stamp() != base
+
+
+def _run_table3(args, timeout):
+    """The CLI in a fresh interpreter: the command as a user runs it, and the hundreds of
+    programs it compiles stay out of the test process (XLA once crashed compiling there,
+    late in a full CI run, and never alone)."""
+    proc = subprocess.run([sys.executable, "-m", "eval.table3", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=run_env(1))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.slow
 def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
     """The whole command on the embedded digits, every column trained and attacked under both
     protocols with two of the five attacks (the attack implementations have their own tests;
     all five on every column means about a hundred more compiles)."""
-    from eval import table3 as cli
     root = tmp_path / "t3"
     args = ["--dataset=digits", "--smoke", f"--root={root}", "--examples=32", "--epochs=1",
             "--attacks=fgsm,pgd",
             "--set=limit_train=128,limit_eval=64,batch_size=32,lenet_width=0.25,z_dim=8,"
             "vae_base=4"]
-    assert cli.main(args) == 0
+    _run_table3(args, timeout=1800)
     out = json.loads((root / "table3.json").read_text())
     assert out["examples"] == 32 and list(out["attacks"]) == ["fgsm", "pgd"]
     assert out["attacks"]["pgd"]["steps"] == 5 and out["eot_samples"] == 2
@@ -114,5 +147,11 @@ def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
     assert md.count("| Worst case |") == 2 and md.count("| Avg (2 attacks) |") == 2
     assert md.count("| AA | " + " | ".join(["-"] * len(table3.COLUMNS)) + " |") == 2
     assert (root / "table3.png").stat().st_size > 1000
-    # a second call takes the finished workdirs and trains nothing
-    assert cli.main(args + ["--columns=none"]) == 0
+    # a second call takes the finished workdirs and the measured column: it trains and
+    # attacks nothing
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()
+              and "table3." not in p.name}
+    out = _run_table3(args + ["--columns=none"], timeout=600)
+    assert "== training" not in out and "== attacking" not in out
+    assert f"== None: measured earlier ({root / 'columns' / 'none.json'})" in out
+    assert {p: p.stat().st_mtime_ns for p in before} == before

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdefense import plots
+from jaxdefense import plots, summaries
 from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
@@ -275,9 +275,9 @@ def train_and_evaluate(cfg: DiffPureConfig, progress: bool = True) -> dict:
     purifier, served = make_served(cfg, net, state.ema,
                                    lambda x: model.apply(variables, x))
     images = np.asarray(sample(cfg, eps_fn_of(net, state.ema), jax.random.key(cfg.seed + 4), 16))
-    plots.image_rows(os.path.join(cfg.workdir, "samples.png"),
-                     {"samples": images[:8], "": images[8:]},
-                     f"DiffPure score model: samples ({cfg.sample_steps} reverse steps from t=1)")
+    summaries.figure(cfg.workdir, plots.image_rows(
+        os.path.join(cfg.workdir, "samples.png"), {"samples": images[:8], "": images[8:]},
+        f"DiffPure score model: samples ({cfg.sample_steps} reverse steps from t=1)"))
     sub = ready["test"].take(min(cfg.attack_examples, 64))
     cost = attack_cost(cfg, served, sub.x, sub.y)
     return purification.closing_report(

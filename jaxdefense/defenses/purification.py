@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdefense import config, evaluation
+from jaxdefense import config, evaluation, plots, summaries
 from jaxdefense.attacks import losses as attack_losses
 from jaxdefense.attacks import fgsm, pgd
 from jaxdefense.checkpoint import CheckpointError, load_config
@@ -183,7 +183,7 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
     classified right on every one of `eval_draws` draws (also for clean accuracy).
     """
     import json
-    from jaxdefense import plots, robustness
+    from jaxdefense import robustness
     model, variables = ready["target"]
     target_fn = lambda x: model.apply(variables, x)
     if served is None:
@@ -215,11 +215,12 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
         summary["scoring"] = (f"random defense: an example counts as correct only if it is "
                               f"classified right on all {eval_draws} draws; "
                               f"clean_acc_full_eval is one draw")
-    plots.image_rows(os.path.join(cfg.workdir, "purified.png"),
-                     {"x": sub.x[:8], "purified x": evaluation.map_batches(one_draw, sub.x[:8]),
-                      "x_adv (PGD on target)": x_adv[:8],
-                      "purified x_adv": evaluation.map_batches(one_draw, x_adv[:8])},
-                     "Purification of clean and adversarial images")
+    summaries.figure(cfg.workdir, plots.image_rows(
+        os.path.join(cfg.workdir, "purified.png"),
+        {"x": sub.x[:8], "purified x": evaluation.map_batches(one_draw, sub.x[:8]),
+         "x_adv (PGD on target)": x_adv[:8],
+         "purified x_adv": evaluation.map_batches(one_draw, x_adv[:8])},
+        "Purification of clean and adversarial images"))
     from jaxdefense.training import append_jsonl
     append_jsonl(ready["metrics_path"], {"phase": "report", **summary})
     with open(os.path.join(cfg.workdir, "results.json"), "w") as f:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdefense import config, data, evaluation, plots, robustness
+from jaxdefense import config, data, evaluation, plots, robustness, summaries
 from jaxdefense.defenses.grfd import core as grfd
 from jaxdefense.defenses.grfd.config import GRFDConfig
 from jaxdefense.training import classifier_step, fit
@@ -87,8 +87,9 @@ def write_figures(cfg: GRFDConfig, vae_vars, test: data.Dataset, n: int = 8) -> 
     x_u, x_r = jax.jit(grfd.make_disentangle_fn(cfg, vae_vars))(jnp.asarray(sub.x[:n]))
     figs = os.path.join(cfg.workdir, "figures")
     name = type(cfg).__name__.removesuffix("Config")
-    plots.image_rows(os.path.join(figs, "reconstructions.png"),
-                     {"x": sub.x[:n], "x_u": np.asarray(x_u), "x_r": np.asarray(x_r)},
-                     title=f"{name} on {cfg.dataset}: original, redundant x_u, robust x_r")
+    summaries.figure(cfg.workdir, plots.image_rows(
+        os.path.join(figs, "reconstructions.png"),
+        {"x": sub.x[:n], "x_u": np.asarray(x_u), "x_r": np.asarray(x_r)},
+        title=f"{name} on {cfg.dataset}: original, redundant x_u, robust x_r"))
     plots.latent_scatter(os.path.join(figs, "latent.png"), out, sub.y,
                          title=f"LVCVAE latent (PCA of mu), {cfg.dataset}")
