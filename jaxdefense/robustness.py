@@ -78,10 +78,14 @@ def craft_fn(name: str, params: dict, stochastic: bool):
 
 
 def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,
-                  desc=None, eval_draws: int = 1):
+                  desc=None, eval_draws: int = 1, cache: str | None = None):
     """Per-sample correctness [N] of `served` on examples crafted by `craft` against
     `attacked`; also the largest Linf distance seen. A stochastic `served` counts a sample
-    as correct only if it is right on each of `eval_draws` independent draws."""
+    as correct only if it is right on each of `eval_draws` independent draws.
+
+    cache: a directory where each finished batch is kept (CACHE/<i>.npz) and read back by a
+    later call, so a long attack that was stopped resumes at its first unfinished batch;
+    the caller names it after everything the result depends on."""
     b = padded_batch_size(batch_size, len(x))
     draws = eval_draws if stochastic else 1
 
@@ -95,11 +99,22 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
     correct, max_linf = [], 0.0
     for i, (xb, yb, mask) in enumerate(tqdm(padded_batches(x, y, b), total=-(-len(x) // b),
                                             desc=desc, disable=desc is None, leave=False)):
+        done = os.path.join(cache, f"{i}.npz") if cache else None
+        if done and os.path.isfile(done):
+            with np.load(done) as kept:
+                correct.append(kept["correct"])
+                max_linf = max(max_linf, float(kept["max_linf"]))
+            continue
         xb, yb = shard_batch((xb, yb))
         k = jax.random.fold_in(key, i)
         x_adv = craft(attacked, xb, yb, k)
         correct.append(np.asarray(predict(x_adv, yb, jax.random.fold_in(k, 1)))[mask])
-        max_linf = max(max_linf, float(np.max(np.abs(np.asarray(x_adv - xb))[mask])))
+        linf = float(np.max(np.abs(np.asarray(x_adv - xb))[mask]))
+        max_linf = max(max_linf, linf)
+        if done:
+            os.makedirs(cache, exist_ok=True)
+            np.savez(done + ".tmp.npz", correct=correct[-1], max_linf=linf)
+            os.replace(done + ".tmp.npz", done)
     return np.concatenate(correct), max_linf
 
 
@@ -116,14 +131,17 @@ def _attacked(models: Models, threat: str):
 
 
 def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
-           batch_size: int = 256, progress: bool = True) -> dict:
+           batch_size: int = 256, progress: bool = True, cache: str | None = None) -> dict:
     """{'clean': acc, threat: {attack: acc, ..., 'worst_case': acc}, 'max_linf': {...}}.
 
     worst_case is the per-sample worst case over the threat's attacks (and clean).
+    cache: a directory for finished batches (see `correct_under`), one subdirectory per
+    threat and attack; name it after the models, examples, attacks and key.
     """
+    sub = (lambda name: os.path.join(cache, name)) if cache else (lambda name: None)
     clean, _ = correct_under(models.served, models.stochastic, None,
                              lambda f, xb, yb, k: xb, x, y, key, batch_size,
-                             eval_draws=models.eval_draws)
+                             eval_draws=models.eval_draws, cache=sub("clean"))
     out = {"examples": int(len(x)), "clean": float(clean.mean()), "max_linf": {}}
     for t_i, threat in enumerate(threats):
         attacked = _attacked(models, threat)
@@ -135,7 +153,8 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
                                      craft_fn(name, params, stoch), x, y,
                                      jax.random.fold_in(key, 100 * t_i + a_i), batch_size,
                                      desc=f"{threat} {name}" if progress else None,
-                                     eval_draws=models.eval_draws)
+                                     eval_draws=models.eval_draws,
+                                     cache=sub(f"{threat}-{name}"))
             worst &= ok
             out[threat][name] = float(ok.mean())
             out["max_linf"][f"{threat}/{name}"] = linf

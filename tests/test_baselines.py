@@ -128,6 +128,7 @@ TINY = ["--dataset=digits", "--smoke", "--limit_train=128", "--limit_eval=64",
         "--batch_size=32", "--lenet_width=0.25", "--epochs=1", "--attack_examples=32"]
 
 
+@pytest.mark.slow
 def test_gradreg_cli_smoke_and_restore(tmp_path, capsys):
     from train import gradreg as cli
     w = tmp_path / "gr"
@@ -142,6 +143,7 @@ def test_gradreg_cli_smoke_and_restore(tmp_path, capsys):
     assert {"ce", "penalty"} <= set(lines[0]["train"])
 
 
+@pytest.mark.slow
 def test_smoothing_cli_smoke_certify_and_restore(tmp_path, capsys):
     from eval import certify as certify_cli
     from train import smoothing as cli
@@ -183,6 +185,7 @@ def test_cdvae_loss_is_grfd_without_head_and_rb(tiny_cfg):
         cdvae.CDVAEConfig(delta=0.2).validate()
 
 
+@pytest.mark.slow
 def test_cdvae_cli_smoke_and_restore(tmp_path, capsys):
     from train import cdvae as cli
     w = tmp_path / "cd"

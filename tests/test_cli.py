@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from jaxdefense.defenses.grfd.config import GRFDConfig
 from tests.conftest import REPO, run_env
 
@@ -37,6 +39,7 @@ def test_cifar100_offline_fails_fast_naming_data_dir(tmp_path):
     assert "--data_dir" in r.stderr or "TensorFlow" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_smoke_runs_then_eval_with_all_threat_models(tmp_path):
     w, s = tmp_path / "grfd", tmp_path / "std"
     r = _run("train.grfd", "--dataset=digits", "--smoke", f"--workdir={w}", "--limit_train=128",

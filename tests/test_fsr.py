@@ -59,6 +59,7 @@ def test_output_is_robust_plus_recalibrated_and_ablations():
     ("wide_resnet", dict(wrn_depth=34, wrn_widen=10), (8, 8, 640), (32, 32, 3)),
     ("lenet5", {}, (5, 5, 16), (28, 28, 1)),
 ])
+@pytest.mark.slow
 def test_fsr_sits_at_the_papers_place_on_every_backbone(arch, extra, full_shape, image):
     dataset = "mnist" if image[-1] == 1 else "cifar10"
     full = FSRConfig(dataset=dataset, classifier=arch, **extra)

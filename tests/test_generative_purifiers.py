@@ -88,6 +88,7 @@ def _random_variables(module, *args, seed=0):
     return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype), shapes)
 
 
+@pytest.mark.slow
 def test_network_shapes_and_gradients_through_the_purifiers():
     x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
     g = Generator(base=4)
@@ -124,6 +125,7 @@ def test_network_shapes_and_gradients_through_the_purifiers():
     assert not np.array_equal(out, purify(x, jax.random.key(8)))
 
 
+@pytest.mark.slow
 def test_one_real_step_each():
     cfg = diffpure.preset("digits", smoke=True)
     net = diffpure.make_score_net(cfg)
@@ -199,6 +201,7 @@ def test_diffpure_cli_smoke_restores_a_random_served_model(tmp_path, capsys):
 
 
 
+@pytest.mark.slow
 def test_apegan_cli_smoke_restores_a_deterministic_served_model(tmp_path, capsys):
     from train import apegan as apegan_cli
     test = data.load("digits", "test").take(64)

@@ -129,6 +129,7 @@ def test_rb_gradient_reaches_vae_through_x_r():
                                             state.params["vae"]["decoder"], dec)))
 
 
+@pytest.mark.slow
 def test_one_target_step_and_served_pipeline():
     cfg = preset("digits", smoke=True, z_dim=8, vae_base=4, lenet_width=0.25)
     gen = grfd.init_generator_state(cfg, jax.random.key(0), 10)
@@ -159,6 +160,7 @@ def test_config_validation():
         preset("svhn")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,dtype", [("cifar10", "float32"), ("digits", "bfloat16")])
 def test_generator_step_on_cifar_models_and_bf16(dataset, dtype):
     """The CIFAR preset's WRN + residual VAE (tiny), and bf16 compute with float32 params."""

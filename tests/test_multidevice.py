@@ -66,6 +66,7 @@ np.savez(sys.argv[1] + "/adv.npz", pgd=np.asarray(a), apgd=np.asarray(b))
 """
 
 
+@pytest.mark.slow
 def test_attacks_on_sharded_batches_match_one_device(tmp_path):
     out = []
     for n in (1, 2):

@@ -14,6 +14,9 @@ from jaxdefense.checkpoint import CheckpointError
 from jaxdefense.defenses.grfd.train import train_and_evaluate
 from tests.conftest import run_env
 
+# a full GRFD run (three phases) is this module's fixture: behind `slow` with the other runs
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -110,3 +113,25 @@ def test_checkpoint_of_other_architecture_and_corrupt_checkpoint(trained, tmp_pa
         jaxdefense.load(str(broken))
     with pytest.raises(CheckpointError, match="not a jaxdefense workdir"):
         jaxdefense.load(str(tmp_path))
+
+
+def test_quickstart_notebook_runs_on_a_finished_run(trained, tmp_path):
+    """examples/quickstart.ipynb executed as a user runs it, pointed at this module's run
+    (its parameters cell replaced, as papermill does), so the notebook cannot rot."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+    cfg, report = trained
+    nb = nbformat.read(os.path.join(os.path.dirname(__file__), "..", "examples",
+                                    "quickstart.ipynb"), as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    params[0].source = f"WORKDIR = {cfg.workdir!r}\nTRAIN = {{}}\nEXAMPLES = 32"
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "grfd on digits" in text and "PGD-20 at eps 0.1 (white-box)" in text
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 3                                   # parts, attack, eps figure
+    assert os.path.getsize(os.path.join(cfg.workdir, "notebook_eps.png")) > 1000

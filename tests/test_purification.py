@@ -48,6 +48,7 @@ def _changed(a, b):
     return jax.tree.leaves(jax.tree.map(lambda p, q: bool(jnp.any(p != q)), a, b))
 
 
+@pytest.mark.slow
 def test_one_real_arn_step(tmp_path):
     cfg = arn.preset("digits", smoke=True, arn_base=4, z_dim=8, workdir=str(tmp_path))
     state = arn.init_state(cfg, jax.random.key(0))
@@ -58,6 +59,7 @@ def test_one_real_arn_step(tmp_path):
         assert all(_changed(state.params[net], new.params[net])), net
 
 
+@pytest.mark.slow
 def test_one_real_idfr_step_each_phase(tmp_path):
     cfg = idfr.preset("digits", smoke=True, unet_base=4, workdir=str(tmp_path))
     tcfg = purification.target_config(cfg)
@@ -119,6 +121,7 @@ def _check_served(cfg, data_dir=None, split="test"):
     assert model.parts["purify"](test.x[:4]).shape == (4, *test.x.shape[1:])
 
 
+@pytest.mark.slow
 def test_idfr_smoke_run_serves_a_deterministic_restorable_pipeline(tmp_path):
     module, defense, extra = idfr, "idfr", dict(unet_base=4)
     cfg = module.preset("digits", smoke=True, limit_train=128, limit_eval=64, batch_size=32,

@@ -1,4 +1,6 @@
 """Threat models, worst case and sanity checks of the robustness report."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +61,29 @@ def test_eps_sweep_draws_every_threat_model_and_the_source_alone(tmp_path):
     assert sweep["whitebox/pgd"][1] < 0.5
     path = plots.accuracy_vs_eps(str(tmp_path / "eps.png"), sweep, "t")
     assert (tmp_path / "eps.png").stat().st_size > 1000 and path.endswith("eps.png")
+
+
+def test_a_stopped_report_resumes_from_its_finished_batches(tmp_path):
+    x, y = _data(40)
+    models = robustness.Models(served=served, classifier=served, source=source)
+    attacks = {"pgd": dict(eps=0.1, step_size=0.025, steps=5)}
+    cache = str(tmp_path / "cache")
+    full = robustness.report(models, x, y, jax.random.key(0), attacks, ("whitebox", "transfer"),
+                             batch_size=16, progress=False, cache=cache)
+    assert sorted(p.name for p in (tmp_path / "cache" / "whitebox-pgd").iterdir()) == \
+        ["0.npz", "1.npz", "2.npz"]
+    (tmp_path / "cache" / "transfer-pgd" / "2.npz").unlink()        # stopped in its last batch
+    calls = []
+
+    def counting_source(xb):
+        calls.append(1)
+        return source(xb)
+    again = robustness.report(dataclasses.replace(models, source=counting_source), x, y,
+                              jax.random.key(0), attacks, ("whitebox", "transfer"),
+                              batch_size=16, progress=False, cache=cache)
+    assert again == full
+    assert calls                        # the missing batch was attacked again
+    assert (tmp_path / "cache" / "transfer-pgd" / "2.npz").is_file()
 
 
 def test_sanity_checks_flag_a_masked_model():

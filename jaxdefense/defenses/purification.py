@@ -169,6 +169,19 @@ def distance_to_clean(purify, x, x_adv) -> dict:
             "purified_clean": l2(evaluation.map_batches(purify, x), x)}
 
 
+def report_cache(cfg, attacks: dict) -> str:
+    """WORKDIR/report_cache/<digest of the run's settings and the attacks>: where the closing
+    report keeps finished attack batches, so a report that was stopped (the white-box attack
+    through a diffusion purifier runs for an hour on a CPU) resumes where it was."""
+    import hashlib
+    import json
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("stop_after_epochs", "workdir")}
+    digest = hashlib.sha256(json.dumps([settings, attacks], sort_keys=True, default=str)
+                            .encode()).hexdigest()[:16]
+    return os.path.join(cfg.workdir, "report_cache", digest)
+
+
 def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool = True,
                    served=None, stochastic: bool = False, eval_draws: int = 1,
                    eot_samples: int | None = None, extra: dict | None = None) -> dict:
@@ -181,6 +194,8 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
     stochastic: purify(x, key) and served(x, key) are random; white-box PGD then averages
     `eot_samples` gradient draws per step, and an example counts as robust only if it is
     classified right on every one of `eval_draws` draws (also for clean accuracy).
+    Finished attack batches are kept under `report_cache(cfg, attacks)`: a stopped report
+    resumes where it was.
     """
     import json
     from jaxdefense import robustness
@@ -200,7 +215,8 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
     models = robustness.Models(served=served, classifier=target_fn, stochastic=stochastic,
                                eval_draws=eval_draws)
     result = robustness.report(models, sub.x, sub.y, key, attacks, ("target-only", "whitebox"),
-                               progress=progress)
+                               batch_size=128 if stochastic else 256, progress=progress,
+                               cache=report_cache(cfg, attacks))
     x_adv = craft_set(target_fn, sub.x, sub.y, key, dataclasses.replace(cfg, seen_attacks="pgd"),
                       progress=False)[..., sub.x.shape[-1]:]
     clean_fn = (lambda x: served(x, jax.random.key(1))) if stochastic else served
