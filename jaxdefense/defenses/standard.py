@@ -45,9 +45,11 @@ def train(cfg: ExperimentConfig, train_set, test, metrics_path, key, ckpt_dir: s
     step = step or classifier_step(model)
     steps_per_epoch = len(train_set) // cfg.batch_size
 
+    apply = model.apply                   # one function object: evaluations compile once
+
     def eval_fn(st):
         v = {"params": st.params, "batch_stats": st.batch_stats}
-        return {"acc": evaluation.accuracy(lambda xb: model.apply(v, xb), test.x, test.y)}
+        return {"acc": evaluation.accuracy(apply, test.x, test.y, variables=v)}
 
     state = fit(init_state(cfg, key, steps_per_epoch), step, train_set.x,
                 train_set.y, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -50,9 +50,12 @@ def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:
     train, test, metrics_path, steps_per_epoch = config.start(cfg, "fsr")
     key_init, key_attack = jax.random.split(jax.random.key(cfg.seed))
 
+    model = make_model(cfg)
+    apply = functools.partial(model.apply, train=False)   # one object: evaluations compile once
+
     def eval_fn(st):
         v = {"params": st.params, "batch_stats": st.batch_stats}
-        return {"acc": evaluation.accuracy(make_logits_fn(cfg, v), test.x, test.y)}
+        return {"acc": evaluation.accuracy(apply, test.x, test.y, variables=v)}
 
     state = fit(init_state(cfg, key_init, steps_per_epoch), make_step(cfg), train.x, train.y,
                 epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -29,12 +29,13 @@ def train_and_evaluate(cfg: GRFDConfig, progress: bool = True, defense: str = "g
 
     # Phase I: LVCVAE + RSM on the full loss.
     rsm = grfd.make_classifier(cfg)
+    rsm_apply = rsm.apply                 # one function object: evaluations compile once
 
     def eval_generator(state):
         vae_vars = grfd.generator_variables(state)
         x_r = grfd.disentangle_dataset(cfg, vae_vars, test.x)
         rsm_vars = {"params": state.params["rsm"], "batch_stats": state.batch_stats["rsm"]}
-        return {"rsm_acc": evaluation.accuracy(lambda xb: rsm.apply(rsm_vars, xb), x_r, test.y)}
+        return {"rsm_acc": evaluation.accuracy(rsm_apply, x_r, test.y, variables=rsm_vars)}
 
     state = grfd.init_generator_state(cfg, key_gen, steps_per_epoch)
     state = fit(state, grfd.make_generator_step(cfg), train.x, train.y, epochs=cfg.epochs,
@@ -57,10 +58,12 @@ def train_and_evaluate(cfg: GRFDConfig, progress: bool = True, defense: str = "g
     target = grfd.make_classifier(cfg)
     epochs = cfg.target_epochs or cfg.epochs
 
+    target_apply = target.apply
+
     def eval_target(st):
         tv = {"params": st.params, "batch_stats": st.batch_stats}
-        return {"defended_acc": evaluation.accuracy(lambda xb: target.apply(tv, xb),
-                                                    x_r_test, test.y)}
+        return {"defended_acc": evaluation.accuracy(target_apply, x_r_test, test.y,
+                                                    variables=tv)}
 
     tstate = grfd.init_target_state(cfg, key_target, steps_per_epoch)
     tstate = fit(tstate, classifier_step(target), x_r_train, train.y, epochs=epochs,
