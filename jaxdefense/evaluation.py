@@ -1,7 +1,6 @@
 """Batched evaluation over fixed-shape, padded, device-sharded batches (no recompiles)."""
 from __future__ import annotations
 
-import collections
 import functools
 
 import jax
@@ -19,20 +18,16 @@ def padded_batch_size(batch_size: int, n: int) -> int:
     return -(-b // d) * d
 
 
-_JITTED: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+@functools.lru_cache(maxsize=64)
+def _jit_apply(apply):
+    """jax.jit of an `apply(variables, x)` (a module's apply: it holds no parameters, so
+    caching it keeps nothing large alive), one per apply."""
+    return jax.jit(apply)
 
 
-def _jitted(fn):
-    """jax.jit(fn), one per function object (kept alive while cached, so its id is not
-    reused): calling again with the same fn and new arguments compiles nothing new."""
-    hit = _JITTED.get(id(fn))
-    if hit is not None and hit[0] is fn:
-        _JITTED.move_to_end(id(fn))
-        return hit[1]
-    _JITTED[id(fn)] = (fn, jax.jit(fn))
-    while len(_JITTED) > 128:
-        _JITTED.popitem(last=False)
-    return _JITTED[id(fn)][1]
+@functools.lru_cache(maxsize=64)
+def _top1_apply(apply):
+    return lambda v, xb: jnp.argmax(apply(v, xb), -1)
 
 
 def map_batches(fn, x: np.ndarray, batch_size: int = 256, variables=None) -> np.ndarray:
@@ -40,9 +35,10 @@ def map_batches(fn, x: np.ndarray, batch_size: int = 256, variables=None) -> np.
 
     With `variables`, fn(variables, xb) (a flax `apply`): the variables are an argument of
     the compiled function, so a periodic evaluation that passes the same fn with new
-    parameters compiles once, not once per call (a closure over the parameters would)."""
+    parameters compiles once, not once per call (a closure over the parameters would).
+    Without, fn is jitted for this call only (a closure may hold large parameters)."""
     b = padded_batch_size(batch_size, len(x))
-    jfn = _jitted(fn)
+    jfn = jax.jit(fn) if variables is None else _jit_apply(fn)
     out = []
     for xb, _, mask in padded_batches(x, np.zeros(len(x), np.int32), b):
         xb = shard_batch(xb)
@@ -50,19 +46,10 @@ def map_batches(fn, x: np.ndarray, batch_size: int = 256, variables=None) -> np.
     return np.concatenate(out)
 
 
-@functools.lru_cache(maxsize=128)
-def _top1(fn, with_variables: bool):
-    if with_variables:
-        return lambda v, xb: jnp.argmax(fn(v, xb), -1)
-    return lambda xb: jnp.argmax(fn(xb), -1)
-
-
 def accuracy(logits_fn, x: np.ndarray, y: np.ndarray, batch_size: int = 256,
              variables=None) -> float:
     """Top-1 accuracy of logits_fn(x) (or logits_fn(variables, x)) on (x, y), in [0, 1]."""
-    try:
-        top1 = _top1(logits_fn, variables is not None)
-    except TypeError:                     # an unhashable callable: no reuse across calls
-        top1 = _top1.__wrapped__(logits_fn, variables is not None)
+    top1 = ((lambda xb: jnp.argmax(logits_fn(xb), -1)) if variables is None
+            else _top1_apply(logits_fn))
     preds = map_batches(top1, x, batch_size, variables)
     return float(np.mean(preds == y))
