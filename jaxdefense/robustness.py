@@ -77,16 +77,10 @@ def craft_fn(name: str, params: dict, stochastic: bool):
     return lambda f, x, y, k: fn(f, x, y, k, **params)
 
 
-def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,
-                  desc=None, eval_draws: int = 1, cache: str | None = None):
-    """Per-sample correctness [N] of `served` on examples crafted by `craft` against
-    `attacked`; also the largest Linf distance seen. A stochastic `served` counts a sample
-    as correct only if it is right on each of `eval_draws` independent draws.
-
-    cache: a directory where each finished batch is kept (CACHE/<i>.npz) and read back by a
-    later call, so a long attack that was stopped resumes at its first unfinished batch;
-    the caller names it after everything the result depends on."""
-    b = padded_batch_size(batch_size, len(x))
+def make_predict(served, stochastic: bool, eval_draws: int = 1):
+    """jitted (x, y, key) -> bool [B]: is `served` right on each sample (a stochastic model
+    must be right on each of `eval_draws` independent draws). Build it once and pass it to
+    every `correct_under` call on the same model, so it compiles once per batch shape."""
     draws = eval_draws if stochastic else 1
 
     def right(xb, yb, k):
@@ -95,7 +89,23 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
         hits = jax.lax.map(lambda kd: jnp.argmax(served(xb, kd), -1) == yb,
                            jax.random.split(k, draws))
         return jnp.all(hits, axis=0)
-    predict = jax.jit(right)
+    return jax.jit(right)
+
+
+def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,
+                  desc=None, eval_draws: int = 1, cache: str | None = None, predict=None):
+    """Per-sample correctness [N] of `served` on examples crafted by `craft` against
+    `attacked`; also the largest Linf distance seen. A stochastic `served` counts a sample
+    as correct only if it is right on each of `eval_draws` independent draws.
+
+    cache: a directory where each finished batch is kept (CACHE/<i>.npz) and read back by a
+    later call, so a long attack that was stopped resumes at its first unfinished batch;
+    the caller names it after everything the result depends on.
+    predict: `make_predict(served, stochastic, eval_draws)`, shared across calls (built here
+    when not given)."""
+    b = padded_batch_size(batch_size, len(x))
+    if predict is None:
+        predict = make_predict(served, stochastic, eval_draws)
     correct, max_linf = [], 0.0
     for i, (xb, yb, mask) in enumerate(tqdm(padded_batches(x, y, b), total=-(-len(x) // b),
                                             desc=desc, disable=desc is None, leave=False)):
@@ -139,9 +149,10 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
     threat and attack; name it after the models, examples, attacks and key.
     """
     sub = (lambda name: os.path.join(cache, name)) if cache else (lambda name: None)
+    predict = make_predict(models.served, models.stochastic, models.eval_draws)
     clean, _ = correct_under(models.served, models.stochastic, None,
                              lambda f, xb, yb, k: xb, x, y, key, batch_size,
-                             eval_draws=models.eval_draws, cache=sub("clean"))
+                             cache=sub("clean"), predict=predict)
     out = {"examples": int(len(x)), "clean": float(clean.mean()), "max_linf": {}}
     for t_i, threat in enumerate(threats):
         attacked = _attacked(models, threat)
@@ -153,8 +164,7 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
                                      craft_fn(name, params, stoch), x, y,
                                      jax.random.fold_in(key, 100 * t_i + a_i), batch_size,
                                      desc=f"{threat} {name}" if progress else None,
-                                     eval_draws=models.eval_draws,
-                                     cache=sub(f"{threat}-{name}"))
+                                     cache=sub(f"{threat}-{name}"), predict=predict)
             worst &= ok
             out[threat][name] = float(ok.mean())
             out["max_linf"][f"{threat}/{name}"] = linf
@@ -189,17 +199,18 @@ def sanity_checks(models: Models, x, y, key, result: dict, num_classes: int,
                 checks.append((f"white-box beats transfer ({name})", bool(wb[name] <= acc + 1e-9),
                                f"{wb[name]:.3f} vs {acc:.3f}"))
     n = min(len(x), 256)
+    predict = make_predict(models.served, models.stochastic)
     if attacks and "pgd" in attacks and "pgd" in wb:
         params = dict(attacks["pgd"], steps=2 * attacks["pgd"].get("steps", 10))
         more, _ = correct_under(models.served, models.stochastic, models.served,
                                 craft_fn("pgd", params, models.stochastic), x, y,
-                                jax.random.fold_in(key, 7), batch_size)
+                                jax.random.fold_in(key, 7), batch_size, predict=predict)
         checks.append(("more steps never help the defense", bool(more.mean() <= wb["pgd"] + 0.01),
                        f"PGD-{params['steps']} {more.mean():.3f} vs PGD-{params['steps'] // 2} "
                        f"{wb['pgd']:.3f}"))
     craft = craft_fn("pgd", dict(eps=0.5, step_size=0.05, steps=20), models.stochastic)
     big, _ = correct_under(models.served, models.stochastic, models.served, craft, x[:n], y[:n],
-                           key, batch_size)
+                           key, batch_size, predict=predict)
     chance = 1.0 / num_classes
     checks.append(("accuracy reaches chance at large eps (PGD-20, eps 0.5)",
                    bool(big.mean() <= chance + 0.1), f"{big.mean():.3f} (chance {chance:.3f})"))
@@ -219,6 +230,7 @@ def eps_sweep(models: Models, x, y, key, eps_list, steps: int = 20, batch_size: 
         series.append(("source alone", models.source, models.source, False, False))
     out = {"eps": [float(e) for e in eps_list]}
     for s_i, (label, served, attacked, stochastic, eot) in enumerate(series):
+        predict = make_predict(served, stochastic, models.eval_draws)
         for name in ("fgsm", "pgd"):
             out[f"{label}/{name}"] = []
         for i, eps in enumerate(eps_list):
@@ -226,7 +238,7 @@ def eps_sweep(models: Models, x, y, key, eps_list, steps: int = 20, batch_size: 
                                  ("pgd", dict(eps=eps, step_size=eps / 4, steps=steps))):
                 ok, _ = correct_under(served, stochastic, attacked, craft_fn(name, params, eot),
                                       x, y, jax.random.fold_in(key, 1000 * s_i + i), batch_size,
-                                      eval_draws=models.eval_draws)
+                                      predict=predict)
                 out[f"{label}/{name}"].append(float(ok.mean()))
     return out
 

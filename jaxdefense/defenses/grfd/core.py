@@ -12,6 +12,8 @@ dataset std.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,8 +175,18 @@ def make_defended_logits_fn(cfg: GRFDConfig, vae_vars, target_vars):
     return logits_fn
 
 
+@functools.lru_cache(maxsize=16)
+def _residual_apply(vae: LVCVAE):
+    """(vae_vars, x) -> x_r in evaluation mode, one function per VAE architecture (flax
+    modules compare by their fields), so `map_batches` compiles it once per shape."""
+    def residual(vae_vars, x):
+        return x - vae.apply(vae_vars, x, train=False)["x_u"]
+    return residual
+
+
 def disentangle_dataset(cfg: GRFDConfig, vae_vars, x: np.ndarray, batch_size: int = 256):
-    """Phase II: x_r for every image, in evaluation mode; numpy float32 [N, H, W, C]."""
+    """Phase II: x_r for every image, in evaluation mode; numpy float32 [N, H, W, C].
+    The VAE variables are an argument of the compiled function: the phase-I evaluation
+    calls this every epoch with new parameters and compiles nothing after the first."""
     from jaxdefense.evaluation import map_batches
-    fn = make_disentangle_fn(cfg, vae_vars)
-    return map_batches(lambda xb: fn(xb)[1], x, batch_size)
+    return map_batches(_residual_apply(make_vae(cfg)), x, batch_size, variables=vae_vars)
