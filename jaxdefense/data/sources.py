@@ -195,10 +195,32 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
                                f"pip install 'jaxdefense[tfds-prepare]'; or {hint}")
         builder.download_and_prepare(file_format="array_record")
     source = builder.as_data_source(split=split)
-    n = len(source)
-    x = np.empty((n, *DATASETS[name]["shape"]), np.uint8)
-    y = np.empty((n,), np.int32)
-    for i in range(n):
-        ex = source[i]
-        x[i], y[i] = ex["image"], ex["label"]
+    x, y = read_source(source, DATASETS[name]["shape"], desc=f"{name}/{split}")
     return Dataset(x.astype(np.float32) / 255.0, y, name, 0)
+
+
+def read_source(source, shape: tuple, chunk: int = 2048, workers: int | None = None,
+                desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All of a random-access tfds data source as (uint8 [N, *shape], int32 [N]).
+
+    Reads chunks of records with the source's batched `__getitems__` (one ArrayRecord read
+    per chunk), decoding the chunks on a thread pool (PNG decoding releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from tqdm import tqdm
+    n = len(source)
+    x = np.empty((n, *shape), np.uint8)
+    y = np.empty((n,), np.int32)
+    getitems = getattr(source, "__getitems__", None) or (lambda idx: [source[i] for i in idx])
+
+    def fill(lo: int) -> int:
+        hi = min(lo + chunk, n)
+        for i, ex in enumerate(getitems(list(range(lo, hi)))):
+            x[lo + i] = np.asarray(ex["image"]).reshape(shape)
+            y[lo + i] = ex["label"]
+        return hi - lo
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool, \
+            tqdm(total=n, desc=desc, unit="img", disable=desc is None or n < 10 * chunk,
+                 leave=False) as bar:
+        for done in pool.map(fill, range(0, n, chunk)):
+            bar.update(done)
+    return x, y
