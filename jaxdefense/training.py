@@ -7,8 +7,11 @@ latest one, so a killed run continues to the same parameters as an uninterrupted
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -143,18 +146,82 @@ def drop_later_epochs(path: str, phase: str, epoch: int) -> None:
         os.replace(tmp, path)
 
 
+class NonFiniteError(FloatingPointError):
+    """A training metric became NaN or Inf; the message names the step and the checkpoint
+    the run can resume from (nothing after it was saved)."""
+
+
+def prefetch(batches, size: int = 2):
+    """Yield `shard_batch(b)` for b in `batches`, preparing up to `size` batches ahead on a
+    background thread (gathering, augmenting and transferring the next batches while the
+    device computes). Order is unchanged; an error in the producer is raised here."""
+    if size <= 0:
+        for b in batches:
+            yield shard_batch(b)
+        return
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        """Queue item unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for b in batches:
+                if not put(shard_batch(b)):
+                    return
+        except BaseException as e:            # handed to the consumer
+            put(e)
+            return
+        put(done)
+    thread = threading.Thread(target=produce, daemon=True, name="jaxdefense-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _host_means(pending: list) -> dict:
+    """One device-to-host transfer for the metrics of several steps: {key: [values]}."""
+    fetched = jax.device_get(pending)
+    return {k: [float(m[k]) for m in fetched] for k in fetched[0]}
+
+
 def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epochs: int,
         batch_size: int, seed: int, ckpt_dir: str, phase: str, augment: bool = False,
         hparams_fn: Callable[[int], dict] = lambda epoch: {},
         eval_fn: Callable[[TrainState], dict] | None = None, eval_every: int = 1,
         metrics_path: str | None = None, keep: int = 3,
-        stop_after_epochs: int | None = None, progress: bool = True) -> TrainState:
+        stop_after_epochs: int | None = None, progress: bool = True,
+        log_every: int = 20, prefetch_batches: int = 2,
+        transfer_guard: str | None = None) -> TrainState:
     """Train `state` for `epochs` epochs over (x, y), resuming from `ckpt_dir` if possible
     (from the newest checkpoint that restores: a corrupt one is set aside with a warning,
     and metrics of epochs redone are not written twice).
 
     hparams_fn(epoch) gives per-epoch scalars (e.g. GRFD's alpha) passed as arrays, so they
     never trigger a recompile. stop_after_epochs leaves early (a later call resumes).
+    Metrics stay on the device between logging steps (every `log_every` steps and the last
+    of an epoch), where they are fetched in one transfer and checked: a NaN or Inf stops
+    with `NonFiniteError` before anything of that epoch is saved. The next
+    `prefetch_batches` batches are prepared on a background thread (0: inline).
+    transfer_guard: a `jax.transfer_guard` level for the step loop ('disallow' turns any
+    implicit host-device transfer there into an error; the tests run it so).
     """
     ckpts = Checkpoints(ckpt_dir, keep)
     start, state = ckpts.restore_newest_good(replicate(state))
@@ -166,35 +233,59 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
         return step(state, batch, jax.random.fold_in(base_key, state.step), hparams)
     jstep = jax.jit(keyed_step, donate_argnums=(0,))
 
+    guard = ((lambda: jax.transfer_guard(transfer_guard)) if transfer_guard
+             else contextlib.nullcontext)
     steps_per_epoch = len(x) // batch_size
     last = epochs if stop_after_epochs is None else min(epochs, start + stop_after_epochs)
-    for epoch in range(start, last):
-        hparams = {k: jnp.float32(v) for k, v in hparams_fn(epoch).items()}
-        bar = tqdm(train_batches(x, y, batch_size, seed, epoch, augment), total=steps_per_epoch,
-                   desc=f"{phase} {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        history, t0 = [], time.perf_counter()
-        for i, batch in enumerate(bar):
-            state, metrics = jstep(state, shard_batch(batch), hparams)
-            history.append(metrics)
-            if i % 10 == 0 or i == steps_per_epoch - 1:
-                shown = {k: f"{float(v):.3g}" for k, v in metrics.items()}
-                shown["img/s"] = f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}"
-                bar.set_postfix(shown, refresh=False)
-        seconds = time.perf_counter() - t0
-        means = {k: float(v) for k, v in jax.tree.map(lambda *a: jnp.mean(jnp.stack(a)),
-                                                       *history).items()}
-        record = dict(phase=phase, epoch=epoch + 1, train=means, seconds=round(seconds, 3),
-                      images_per_s=round(steps_per_epoch * batch_size / seconds, 1),
-                      **{k: float(v) for k, v in hparams.items()})
-        if eval_fn is not None and (epoch + 1 == epochs or
-                                    (eval_every and (epoch + 1) % eval_every == 0)):
-            record["eval"] = eval_fn(state)
-        ckpts.save(epoch + 1, state)
-        if metrics_path:
-            append_jsonl(metrics_path, record)
-        if progress:
-            summary = " ".join(f"{k}={v:.4g}" for k, v in means.items())
-            ev = " ".join(f"{k}={v:.4g}" for k, v in record.get("eval", {}).items())
-            tqdm.write(f"{phase} epoch {epoch + 1}/{epochs} ({seconds:.1f}s): {summary} {ev}")
-    ckpts.close()
+    try:
+        for epoch in range(start, last):
+            hparams = jax.device_put({k: np.float32(v) for k, v in hparams_fn(epoch).items()})
+            batches = prefetch(train_batches(x, y, batch_size, seed, epoch, augment),
+                               prefetch_batches)
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"{phase} {epoch + 1}/{epochs}",
+                       disable=not progress, leave=False)
+            history: dict = {}
+            pending, t0 = [], time.perf_counter()
+            try:
+                for i, batch in enumerate(bar):
+                    with guard():
+                        state, metrics = jstep(state, batch, hparams)
+                    pending.append(metrics)
+                    if (i + 1) % log_every and i != steps_per_epoch - 1:
+                        continue
+                    values = _host_means(pending)
+                    pending = []
+                    bad = {k: v[-1] for k, v in values.items() if not np.all(np.isfinite(v))}
+                    if bad:
+                        resume = ckpts.latest() or 0
+                        raise NonFiniteError(
+                            f"{phase} epoch {epoch + 1}, step {i + 1} of {steps_per_epoch}: "
+                            f"non-finite {bad}. Nothing of this epoch was saved; the run resumes "
+                            f"from the checkpoint of epoch {resume} in {ckpt_dir} (a lower "
+                            f"learning rate, gradient clipping or float32 may help)")
+                    for k, v in values.items():
+                        history.setdefault(k, []).extend(v)
+                    shown = {k: f"{v[-1]:.3g}" for k, v in values.items()}
+                    shown["img/s"] = f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}"
+                    bar.set_postfix(shown, refresh=False)
+            finally:
+                bar.close()
+                batches.close()
+            seconds = time.perf_counter() - t0
+            means = {k: float(np.mean(v)) for k, v in history.items()}
+            record = dict(phase=phase, epoch=epoch + 1, train=means, seconds=round(seconds, 3),
+                          images_per_s=round(steps_per_epoch * batch_size / seconds, 1),
+                          **{k: float(v) for k, v in hparams.items()})
+            if eval_fn is not None and (epoch + 1 == epochs or
+                                        (eval_every and (epoch + 1) % eval_every == 0)):
+                record["eval"] = eval_fn(state)
+            ckpts.save(epoch + 1, state)
+            if metrics_path:
+                append_jsonl(metrics_path, record)
+            if progress:
+                summary = " ".join(f"{k}={v:.4g}" for k, v in means.items())
+                ev = " ".join(f"{k}={v:.4g}" for k, v in record.get("eval", {}).items())
+                tqdm.write(f"{phase} epoch {epoch + 1}/{epochs} ({seconds:.1f}s): {summary} {ev}")
+    finally:
+        ckpts.close()                 # waits for a save in flight, also after an error
     return state
