@@ -27,7 +27,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def timed(fn, repeats: int) -> float:
@@ -96,14 +95,14 @@ def main():
             ms[("phase1", dtype, k)] = f["ms"]
             share = f["tflops"] / peak[jnp.dtype(dtype).type]
             print(f"| GRFD phase I | {dtype} | {k} | {f['ms']:.1f} | {f['img_s']:.0f} | "
-                  f"{f["tflops"]:.3g} | {100 * share:.0f}% |", flush=True)
+                  f"{f['tflops']:.3g} | {100 * share:.0f}% |", flush=True)
         cfg = grfd.preset("cifar100", smoke=args.smoke, dtype=dtype)
         f = step_figures(grfd.init_target_state(cfg, jax.random.key(0), 390),
                          classifier_step(grfd.make_classifier(cfg)), (x, y), {}, args.repeats)
         ms[("phase3", dtype)] = f["ms"]
         share = f["tflops"] / peak[jnp.dtype(dtype).type]
         print(f"| GRFD phase III | {dtype} | - | {f['ms']:.1f} | {f['img_s']:.0f} | "
-              f"{f["tflops"]:.3g} | {100 * share:.0f}% |", flush=True)
+              f"{f['tflops']:.3g} | {100 * share:.0f}% |", flush=True)
 
     cfg = grfd.preset("cifar10", smoke=args.smoke)
     model = grfd.make_classifier(cfg)
