@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense.data import padded_batches
-from jaxdefense.sharding import shard_batch
+from jaxdefense.sharding import shard_batch, to_host
 
 
 def padded_batch_size(batch_size: int, n: int) -> int:
@@ -42,7 +42,7 @@ def map_batches(fn, x: np.ndarray, batch_size: int = 256, variables=None) -> np.
     out = []
     for xb, _, mask in padded_batches(x, np.zeros(len(x), np.int32), b):
         xb = shard_batch(xb)
-        out.append(np.asarray(jfn(xb) if variables is None else jfn(variables, xb))[mask])
+        out.append(to_host(jfn(xb) if variables is None else jfn(variables, xb))[mask])
     return np.concatenate(out)
 
 

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from jaxdefense import summaries
 from jaxdefense.checkpoint import Checkpoints
 from jaxdefense.data import train_batches
-from jaxdefense.sharding import replicate, shard_batch
+from jaxdefense.sharding import (is_main_process, process_share, replicate, shard_batch,
+                                 shard_local_batch)
 
 
 class TrainState(train_state.TrainState):
@@ -151,13 +152,13 @@ class NonFiniteError(FloatingPointError):
     the run can resume from (nothing after it was saved)."""
 
 
-def prefetch(batches, size: int = 2):
-    """Yield `shard_batch(b)` for b in `batches`, preparing up to `size` batches ahead on a
+def prefetch(batches, size: int = 2, put_on_device: Callable = shard_batch):
+    """Yield `put_on_device(b)` (default `shard_batch`) for b in `batches`, preparing up to `size` batches ahead on a
     background thread (gathering, augmenting and transferring the next batches while the
     device computes). Order is unchanged; an error in the producer is raised here."""
     if size <= 0:
         for b in batches:
-            yield shard_batch(b)
+            yield put_on_device(b)
         return
     q: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
@@ -176,7 +177,7 @@ def prefetch(batches, size: int = 2):
     def produce():
         try:
             for b in batches:
-                if not put(shard_batch(b)):
+                if not put(put_on_device(b)):
                     return
         except BaseException as e:            # handed to the consumer
             put(e)
@@ -223,6 +224,9 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
     transfer_guard: a `jax.transfer_guard` level for the step loop ('disallow' turns any
     implicit host-device transfer there into an error; the tests run it so).
     """
+    progress = progress and is_main_process()           # one process shows and writes
+    if not is_main_process():
+        metrics_path = None
     ckpts = Checkpoints(ckpt_dir, keep)
     start, state = ckpts.restore_newest_good(replicate(state))
     if metrics_path:
@@ -240,8 +244,9 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
     try:
         for epoch in range(start, last):
             hparams = jax.device_put({k: np.float32(v) for k, v in hparams_fn(epoch).items()})
-            batches = prefetch(train_batches(x, y, batch_size, seed, epoch, augment),
-                               prefetch_batches)
+            batches = prefetch(train_batches(x, y, batch_size, seed, epoch, augment,
+                                             rows=process_share(batch_size)),
+                               prefetch_batches, shard_local_batch)
             bar = tqdm(batches, total=steps_per_epoch, desc=f"{phase} {epoch + 1}/{epochs}",
                        disable=not progress, leave=False)
             history: dict = {}

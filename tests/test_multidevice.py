@@ -77,3 +77,70 @@ def test_attacks_on_sharded_batches_match_one_device(tmp_path):
         out.append(np.load(d / "adv.npz"))
     for k in ("pgd", "apgd"):
         np.testing.assert_allclose(out[0][k], out[1][k], atol=1e-6, err_msg=k)
+
+
+PROCESS_SCRIPT = r"""
+import json, os, sys, jax
+out, mode = sys.argv[1], sys.argv[2]
+if mode == "process":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{sys.argv[4]}", num_processes=2,
+                               process_id=int(sys.argv[3]))
+import numpy as np, optax, jax.numpy as jnp
+from jaxdefense import data, evaluation, training
+assert jax.device_count() == 2
+ds = data.load("digits", "train").take(96)
+
+def step(state, batch, key, hparams):
+    xb, yb = batch
+    def loss(p):
+        logits = xb.reshape(len(xb), -1) @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    value, grads = jax.value_and_grad(loss)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": value, "rows": jnp.float32(len(xb))}
+
+apply = lambda v, xb: xb.reshape(len(xb), -1) @ v["w"] + v["b"]
+state = training.TrainState.create(apply_fn=None, tx=optax.sgd(0.1),
+                                   params={"w": jnp.zeros((784, 10)), "b": jnp.zeros(10)})
+state = training.fit(state, step, ds.x, ds.y, epochs=2, batch_size=16, seed=0, augment=True,
+                     ckpt_dir=out + "/ckpt", phase="p", metrics_path=out + "/metrics.jsonl",
+                     progress=False,
+                     eval_fn=lambda s: {"acc": evaluation.accuracy(apply, ds.x, ds.y, 32,
+                                                                   variables=s.params)})
+if jax.process_index() == 0:
+    np.savez(out + "/params.npz", **{k: np.asarray(v) for k, v in state.params.items()})
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+    """jax.distributed on localhost (gloo): each process gathers and augments only its share
+    of every global batch; the result equals one process with two devices, and only process 0
+    writes the metrics."""
+    import json
+    import socket
+    one = tmp_path / "one"
+    one.mkdir()
+    subprocess.run([sys.executable, "-c", PROCESS_SCRIPT, str(one), "single"], check=True,
+                   env=run_env(2), timeout=600)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    two = tmp_path / "two"
+    two.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", PROCESS_SCRIPT, str(two), "process",
+                               str(i), str(port)], env=run_env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    a, b = np.load(one / "params.npz"), np.load(two / "params.npz")
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    records = [json.loads(line) for line in open(two / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]             # written once, not per process
+    single = [json.loads(line) for line in open(one / "metrics.jsonl")]
+    for r, s in zip(records, single):
+        assert r["train"]["rows"] == s["train"]["rows"] == 16  # the step saw the global batch
+        np.testing.assert_allclose(r["train"]["loss"], s["train"]["loss"], rtol=1e-5)
+        assert r["eval"]["acc"] == s["eval"]["acc"]

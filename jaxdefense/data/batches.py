@@ -11,32 +11,44 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-def crop_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """CIFAR augmentation: random crop of the zero-padded image (pad px) and horizontal flip."""
+def crop_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4,
+              rows: slice | None = None, total: int | None = None) -> np.ndarray:
+    """CIFAR augmentation: random crop of the zero-padded image (pad px) and horizontal flip.
+
+    With `rows`/`total`: x holds rows `rows` of a batch of `total`; the random draws are made
+    for the whole batch (so a process's share is augmented as in a one-process run)."""
     n, h, w, _ = x.shape
+    total = n if total is None else total
+    rows = slice(0, n) if rows is None else rows
     padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    dy = rng.integers(0, 2 * pad + 1, n)
-    dx = rng.integers(0, 2 * pad + 1, n)
-    rows = dy[:, None] + np.arange(h)[None]            # [n, h]
+    dy = rng.integers(0, 2 * pad + 1, total)[rows]
+    dx = rng.integers(0, 2 * pad + 1, total)[rows]
+    rows_i = dy[:, None] + np.arange(h)[None]          # [n, h]
     cols = dx[:, None] + np.arange(w)[None]            # [n, w]
-    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    flip = rng.random(n) < 0.5
+    out = padded[np.arange(n)[:, None, None], rows_i[:, :, None], cols[:, None, :]]
+    flip = (rng.random(total) < 0.5)[rows]
     out[flip] = out[flip, :, ::-1]
     return out
 
 
 def train_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  augment: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled full batches (the remainder is dropped so every step has one shape)."""
+                  augment: bool = False, rows: slice | None = None
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled full batches (the remainder is dropped so every step has one shape).
+
+    rows: yield only these rows of every global batch (a process's share,
+    `sharding.process_share`), gathered and augmented alone; order and augmentation are
+    drawn for the global batch, so the shares together are the one-process batch."""
     if len(x) < batch_size:
         raise ValueError(f"{len(x)} training examples is fewer than one batch of {batch_size}")
     rng = epoch_rng(seed, epoch)
     order = rng.permutation(len(x))
+    rows = slice(0, batch_size) if rows is None else rows
     for i in range(len(x) // batch_size):
-        idx = np.sort(order[i * batch_size:(i + 1) * batch_size])
+        idx = np.sort(order[i * batch_size:(i + 1) * batch_size])[rows]
         xb = x[idx]
         if augment:
-            xb = crop_flip(xb, rng)
+            xb = crop_flip(xb, rng, rows=rows, total=batch_size)
         yield xb, y[idx]
 
 
