@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
 import jax
 import numpy as np
 
-from jaxdefense import data, plots
+from jaxdefense import data, files, plots
 from jaxdefense.checkpoint import CheckpointError, load_config
 
 
@@ -78,8 +77,7 @@ def main(argv=None) -> int:
     png = plots.line_plot(os.path.join(out_dir, "certify.png"), grid, {"certified": curve},
                           xlabel="L2 radius (pixel units)", ylabel="certified accuracy",
                           title=f"smoothing sigma {cfg.sigma} on {cfg.dataset}, n={cfg.n}")
-    with open(os.path.join(out_dir, "certify.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(os.path.join(out_dir, "certify.json"), result)
     print(f"\nwrote {png}")
     return 0
 

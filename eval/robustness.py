@@ -25,14 +25,13 @@ FGSM and PGD accuracy against eps under every threat model of --threats, and the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import jax
 
 import jaxdefense
-from jaxdefense import data, plots, robustness
+from jaxdefense import data, files, plots, robustness
 from jaxdefense.attacks.presets import PRESETS, get_preset, preset_for
 from jaxdefense.checkpoint import CheckpointError
 from jaxdefense.defenses import preprocessing
@@ -130,8 +129,7 @@ def main(argv=None) -> int:
                                     result["eps_sweep"],
                                     title=f"{defense} on {cfg['dataset']}: every threat model")
         print(f"\nwrote {png}")
-    with open(os.path.join(out_dir, "robustness.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_json(os.path.join(out_dir, "robustness.json"), result)
     return 0
 
 

@@ -16,13 +16,12 @@ and it attacks only the columns not yet measured (with the same examples, attack
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import jax
 
-from jaxdefense import data, table3
+from jaxdefense import data, files, table3
 from jaxdefense.checkpoint import CheckpointError
 
 
@@ -118,10 +117,8 @@ def main(argv=None) -> int:
     text = table3.markdown(result)
     print("\n" + text)
     os.makedirs(args.root, exist_ok=True)
-    with open(os.path.join(args.root, "table3.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.root, "table3.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    files.write_text(os.path.join(args.root, "table3.md"), text)
+    files.write_json(os.path.join(args.root, "table3.json"), result)
     print(f"wrote {table3.figure(os.path.join(args.root, 'table3.png'), result)}")
     return 0
 

@@ -132,9 +132,10 @@ CONFIG_FILE = "config.json"
 
 
 def save_config(workdir: str, defense: str, config: dict) -> None:
+    from jaxdefense import files
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        json.dump({"defense": defense, "config": config}, f, indent=2, sort_keys=True)
+    files.write_json(os.path.join(workdir, CONFIG_FILE), {"defense": defense, "config": config},
+                     sort_keys=True)
 
 
 def load_config(workdir: str) -> tuple[str, dict]:

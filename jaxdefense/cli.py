@@ -24,6 +24,10 @@ def config_parser(config_cls, defaults, prog: str, doc: str, presets) -> argpars
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true",
                    help="tiny models and data: a full run in about a minute on 2 CPU cores")
+    p.add_argument("--distributed", action="store_true",
+                   help="one process of several: jax.distributed.initialize() first (its "
+                        "settings from the environment: TPU pod slices, SLURM, Open MPI, or "
+                        "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         args = typing.get_args(hints[f.name])
@@ -49,7 +53,27 @@ def parse_config(argv, config_cls, preset_fn, presets, prog: str, doc: str):
         config_parser(config_cls, config_cls(), prog, doc, presets).parse_args(argv)
     defaults = preset_fn(known.dataset, known.smoke)
     args = config_parser(config_cls, defaults, prog, doc, presets).parse_args(argv)
-    return config_cls(**{k: v for k, v in vars(args).items() if k != "smoke"})
+    if args.distributed:
+        initialize_distributed()
+    return config_cls(**{k: v for k, v in vars(args).items()
+                         if k not in ("smoke", "distributed")})
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize() from the environment, once; on CPU, gloo collectives.
+    Every process then runs the same command; only process 0 writes files."""
+    import os
+    import jax
+    if jax.distributed.is_initialized():
+        return
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs = {}
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(**kwargs)
 
 
 def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn) -> int:

@@ -30,11 +30,7 @@ def image_rows(path: str, rows: dict, title: str = "", n: int = 8) -> str:
             _show(axes[r, c], imgs[c])
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
     fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pca_2d(z: np.ndarray) -> np.ndarray:
@@ -53,17 +49,16 @@ def latent_scatter(path: str, z: np.ndarray, labels: np.ndarray, title: str = ""
     if labels.max() < 10:
         ax.legend(*sc.legend_elements(), loc="best", fontsize=7, title="class")
     ax.set_xlabel("PC 1"), ax.set_ylabel("PC 2"), ax.set_title(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _save(fig, path: str) -> str:
+    """Save and close a figure (main process only); returns path."""
+    from jaxdefense.sharding import is_main_process
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    if is_main_process():
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

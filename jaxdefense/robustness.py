@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Callable, Optional
 
@@ -18,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdefense import attacks as attack_lib
+from jaxdefense import attacks as attack_lib, files
 from jaxdefense.attacks.presets import ALIASES, get_preset, preset_for
 from jaxdefense.data import padded_batches
 from jaxdefense import evaluation
 from jaxdefense.evaluation import padded_batch_size
 from jaxdefense.training import append_jsonl
-from jaxdefense.sharding import shard_batch
+from jaxdefense.sharding import shard_batch, to_host
 
 THREATS = ("whitebox", "target-only", "transfer")
 
@@ -104,6 +103,8 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
     predict: `make_predict(served, stochastic, eval_draws)`, shared across calls (built here
     when not given)."""
     b = padded_batch_size(batch_size, len(x))
+    if jax.process_count() > 1:
+        cache = None          # every process must make the same attack calls (collectives)
     if predict is None:
         predict = make_predict(served, stochastic, eval_draws)
     correct, max_linf = [], 0.0
@@ -118,8 +119,8 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
         xb, yb = shard_batch((xb, yb))
         k = jax.random.fold_in(key, i)
         x_adv = craft(attacked, xb, yb, k)
-        correct.append(np.asarray(predict(x_adv, yb, jax.random.fold_in(k, 1)))[mask])
-        linf = float(np.max(np.abs(np.asarray(x_adv - xb))[mask]))
+        correct.append(to_host(predict(x_adv, yb, jax.random.fold_in(k, 1)))[mask])
+        linf = float(np.max(np.abs(to_host(x_adv - xb))[mask]))
         max_linf = max(max_linf, linf)
         if done:
             os.makedirs(cache, exist_ok=True)
@@ -268,6 +269,5 @@ def closing_report(cfg, logits_fn, test, key, metrics_path: str,
               **{f"{k}_acc": v for k, v in result["whitebox"].items()},
               "attacks": attacks}
     append_jsonl(metrics_path, {"phase": "report", **summary})
-    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     return summary

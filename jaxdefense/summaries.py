@@ -32,6 +32,9 @@ def _writer(workdir: str):
 
 def _write(workdir: str, summaries: list, step: int) -> None:
     from tensorboardX.proto import event_pb2
+    from jaxdefense.sharding import is_main_process
+    if not is_main_process():
+        return
     w = _writer(workdir)
     for summary in summaries:
         w.write_event(event_pb2.Event(summary=summary, step=step, wall_time=time.time()))

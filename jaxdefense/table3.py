@@ -25,7 +25,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from jaxdefense import plots, robustness
+from jaxdefense import files, plots, robustness
 from jaxdefense.attacks.presets import get_preset, preset_for
 
 ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "eotpgd", "vmifgsm")
@@ -235,11 +235,7 @@ def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size:
                                        if column.preprocess else models[column.trains].defense),
                             **rows}
         if cached is not None:
-            os.makedirs(cache_dir, exist_ok=True)
-            tmp = cached + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"fingerprint": stamp, "column": out[column.name]}, f, indent=2)
-            os.replace(tmp, cached)
+            files.write_json(cached, {"fingerprint": stamp, "column": out[column.name]})
     return out
 
 

@@ -22,7 +22,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from jaxdefense import summaries
+from jaxdefense import files, summaries
 from jaxdefense.checkpoint import Checkpoints
 from jaxdefense.data import train_batches
 from jaxdefense.sharding import (is_main_process, process_share, replicate, shard_batch,
@@ -119,9 +119,9 @@ def classifier_step(model, transform: Callable | None = None,
 def append_jsonl(path: str, record: dict) -> None:
     """Append a metrics record to a JSON-lines file, and its numbers to the TensorBoard event
     files in the same directory (`summaries`)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if not is_main_process():
+        return
+    files.append_line(path, json.dumps(record))
     summaries.scalars(os.path.dirname(os.path.abspath(path)), record)
 
 
@@ -141,10 +141,7 @@ def drop_later_epochs(path: str, phase: str, epoch: int) -> None:
         if not (rec.get("phase") == phase and rec.get("epoch", 0) > epoch):
             keep.append(line if line.endswith("\n") else line + "\n")
     if keep != lines:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        files.write_text(path, "".join(keep))
 
 
 class NonFiniteError(FloatingPointError):

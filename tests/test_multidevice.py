@@ -144,3 +144,36 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
         assert r["train"]["rows"] == s["train"]["rows"] == 16  # the step saw the global batch
         np.testing.assert_allclose(r["train"]["loss"], s["train"]["loss"], rtol=1e-5)
         assert r["eval"]["acc"] == s["eval"]["acc"]
+
+
+@pytest.mark.slow
+def test_cli_distributed_two_processes_write_once_and_match_one_process(tmp_path):
+    """`--distributed` in each of two processes (env settings, as on a cluster): one config,
+    one metrics file, one event file, results equal to one process with two devices."""
+    import json
+    import os
+    import socket
+    args = ["-m", "train.standard", "--dataset=digits", "--smoke", "--epochs=1",
+            "--attack_examples=64"]
+    subprocess.run([sys.executable, *args, f"--workdir={tmp_path / 'one'}"], check=True,
+                   env=run_env(2), capture_output=True, timeout=600)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for i in range(2):
+        env = dict(run_env(1), JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, *args, "--distributed",
+                                       f"--workdir={tmp_path / 'two'}"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    two = tmp_path / "two"
+    assert len(open(two / "metrics.jsonl").readlines()) == 2        # epoch 1 + the report
+    assert len(os.listdir(two / "tensorboard")) == 1
+    a = json.load(open(tmp_path / "one" / "results.json"))
+    b = json.load(open(two / "results.json"))
+    for k in ("clean_acc_full_eval", "clean_acc", "fgsm_acc", "pgd_acc"):
+        assert a[k] == b[k], (k, a[k], b[k])

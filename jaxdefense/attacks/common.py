@@ -27,13 +27,23 @@ def check_pixels(x) -> None:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"images must be float in [0, 1], got dtype {x.dtype} "
                          f"(uint8 images: divide by 255)")
-    a = np.asarray(x)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"images contain {int(np.sum(~np.isfinite(a)))} non-finite values")
-    lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+    if x.size == 0:
+        return
+    bad, lo, hi = (float(v) for v in jax.device_get(_pixel_stats(x)))
+    if bad:
+        raise ValueError(f"images contain {int(bad)} non-finite values")
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"images must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] "
                          f"(0-255 images: divide by 255)")
+
+
+@jax.jit
+def _pixel_stats(x):
+    """(non-finite count, min, max) computed where x lives: three scalars come back, not the
+    images (which, sharded over several processes, no one process holds)."""
+    finite = jnp.isfinite(x)
+    return (jnp.sum(~finite), jnp.min(jnp.where(finite, x, jnp.inf)),
+            jnp.max(jnp.where(finite, x, -jnp.inf)))
 
 
 def check_images(x, y):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdefense import config, evaluation, plots, summaries
+from jaxdefense import config, evaluation, files, plots, summaries
 from jaxdefense.attacks import losses as attack_losses
 from jaxdefense.attacks import fgsm, pgd
 from jaxdefense.checkpoint import CheckpointError, load_config
@@ -197,7 +197,6 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
     Finished attack batches are kept under `report_cache(cfg, attacks)`: a stopped report
     resumes where it was.
     """
-    import json
     from jaxdefense import robustness
     model, variables = ready["target"]
     target_fn = lambda x: model.apply(variables, x)
@@ -239,6 +238,5 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
         "Purification of clean and adversarial images"))
     from jaxdefense.training import append_jsonl
     append_jsonl(ready["metrics_path"], {"phase": "report", **summary})
-    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     return summary

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 
 import jax
@@ -29,7 +28,7 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
-from jaxdefense import config, evaluation, robustness
+from jaxdefense import config, evaluation, files, robustness
 from jaxdefense.attacks.presets import get_preset, preset_for
 from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE as CLASSIFIER_SMOKE, ExperimentConfig
 from jaxdefense.data import dataset_info
@@ -243,6 +242,5 @@ def train_and_evaluate(cfg: SmoothingConfig, progress: bool = True) -> dict:
         "eot_samples": cfg.eot_samples,
         "clean_acc": result["clean"], "whitebox": result["whitebox"], "attacks": attacks}
     append_jsonl(metrics_path, {"phase": "report", **summary})
-    with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     return summary
