@@ -43,7 +43,8 @@ class Case:
 
 
 def cases() -> list[Case]:
-    from jaxdefense.defenses import apegan, diffpure, fsr, grfd, standard
+    from jaxdefense.defenses import apegan, diffpure, grfd, standard
+    from jaxdefense.defenses.fsr import config as fsr_config
     from jaxdefense.defenses.fsr import train as fsr_train
     from jaxdefense.training import classifier_step
 
@@ -51,7 +52,7 @@ def cases() -> list[Case]:
         return grfd.preset("cifar100", dtype=dtype, rb_samples=1)
 
     def fsr_cfg(arch, dtype, **kw):
-        return fsr.preset("cifar10", classifier=arch, method="at", dtype=dtype, **kw)
+        return fsr_config.preset("cifar10", classifier=arch, method="at", dtype=dtype, **kw)
 
     def std(dtype):
         return standard.preset("cifar10", dtype=dtype)

@@ -163,3 +163,36 @@ def test_autoattack_compaction_matches_masking():
     assert float(jnp.max(jnp.abs(adv_c - x))) <= 0.1 + 1e-6
     assert acc(adv_c, y) == pytest.approx(log_c["square"])
     assert abs(log_c["square"] - log_m["square"]) <= 4 / 64
+
+
+def test_autoattack_runs_each_target_class_on_the_points_still_robust(monkeypatch):
+    """As the reference: APGD-T is one attack per target class, each on the points no earlier
+    attack or target fooled, toward that point's j-th most likely wrong clean class."""
+    import importlib
+    aa = importlib.import_module("jaxdefense.attacks.autoattack")
+    calls = []
+    real = aa.apgd_targeted
+
+    def spy(f, x, y, k, **kw):
+        out = real(f, x, y, k, **kw)
+        calls.append(dict(n=len(x), targets=np.asarray(kw["targets"]), x=np.asarray(x),
+                          fooled=int(np.sum(np.asarray(jnp.argmax(net(out), 1) != y)))))
+        return out
+    monkeypatch.setattr(aa, "apgd_targeted", spy)
+    x, y = _data(64)
+    _, log = attacks.autoattack(net, x, y, jax.random.key(5), eps=0.06, steps=10,
+                                n_target_classes=3, square_queries=10, return_log=True)
+    assert 1 <= len(calls) <= 3
+    ranked = np.asarray(aa.ranked_targets(net, x, 3))
+    earlier = None
+    for j, c in enumerate(calls):
+        rows = [int(np.nonzero(np.all(np.asarray(x) == xi, axis=(1, 2, 3)))[0][0])
+                for xi in c["x"]]
+        unique = set(rows)
+        assert c["n"] == aa.bucket_size(len(unique), 64)       # the robust points, bucketed
+        np.testing.assert_array_equal(c["targets"], ranked[j][rows])
+        if earlier is None:
+            assert len(unique) == round(log["apgd-ce"] * 64)
+        else:
+            assert unique <= earlier                           # fooled points left out
+        earlier = unique

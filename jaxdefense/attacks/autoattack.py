@@ -3,10 +3,12 @@ attacks, each run only where the model is still right.
 
 'standard': APGD-CE, APGD-T (9 targets), Square (5000 queries). FAB-T is not included.
 'rand' (randomized defenses, logits_fn(x, key)): APGD-CE and APGD-DLR with 20 EOT draws.
-Points already fooled are dropped before the next attack: the robust ones are gathered
-into a batch whose size is the next power of two (so at most log2(B) shapes ever compile,
-not one per subset), padded by repeating a robust point. compact=False keeps the whole
-batch with masks instead. An attack is skipped once no point is left.
+Points already fooled are dropped before the next attack, and, as in the reference, before
+each of APGD-T's target classes (the j-th most likely wrong class at the clean point): the
+robust ones are gathered into a batch whose size is the next power of two (so at most
+log2(B) shapes ever compile, not one per subset), padded by repeating a robust point.
+compact=False keeps the whole batch with masks instead. An attack is skipped once no point
+is left.
 """
 from __future__ import annotations
 
@@ -20,20 +22,36 @@ from jaxdefense.attacks.square import square
 
 
 def components(version: str, eps: float, steps: int, n_target_classes: int,
-               square_queries: int, eot_samples: int):
-    """The (name, attack) list of a version; each attack is `fn(logits_fn, x, y, key)`."""
+               square_queries: int, eot_samples: int, target_list=None):
+    """The (name, attack) stages of a version; each attack is `fn(logits_fn, x, y, key, rows)`
+    with `rows` the indices of x in the whole batch. APGD-T is one stage per target class
+    (target_list [n, B]: the classes, ranked at the clean point), all named 'apgd-t'."""
     if version == "standard":
+        targeted = [("apgd-t", lambda f, x, y, k, rows, t=t: apgd_targeted(
+            f, x, y, k, eps=eps, steps=steps, targets=t[rows])) for t in target_list]
         return [
-            ("apgd-ce", lambda f, x, y, k: apgd(f, x, y, k, eps=eps, steps=steps, loss="ce")),
-            ("apgd-t", lambda f, x, y, k: apgd_targeted(f, x, y, k, eps=eps, steps=steps,
-                                                         n_target_classes=n_target_classes)),
-            ("square", lambda f, x, y, k: square(f, x, y, k, eps=eps, n_queries=square_queries)),
+            ("apgd-ce", lambda f, x, y, k, rows: apgd(f, x, y, k, eps=eps, steps=steps,
+                                                       loss="ce")),
+            *targeted,
+            ("square", lambda f, x, y, k, rows: square(f, x, y, k, eps=eps,
+                                                        n_queries=square_queries)),
         ]
     if version == "rand":
-        return [(f"apgd-{loss}", lambda f, x, y, k, loss=loss: apgd(
+        return [(f"apgd-{loss}", lambda f, x, y, k, rows, loss=loss: apgd(
             f, x, y, k, eps=eps, steps=steps, loss=loss, eot_samples=eot_samples,
             stochastic=True)) for loss in ("ce", "dlr")]
     raise ValueError(f"unknown AutoAttack version {version!r}; choose 'standard' or 'rand'")
+
+
+def ranked_targets(logits_fn, x, n_target_classes: int):
+    """[n, B]: the 2nd .. (n+1)-th most likely classes of each clean point (APGD-T's targets)."""
+    logits = logits_fn(x)
+    n_classes = logits.shape[1]
+    if n_classes < 4:
+        raise ValueError("APGD-T's targeted DLR needs at least 4 classes")
+    order = jnp.argsort(logits, axis=1)
+    n = min(n_target_classes, n_classes - 1)
+    return jnp.stack([order[:, -(j + 2)] for j in range(n)])
 
 
 def bucket_size(n: int, total: int) -> int:
@@ -55,8 +73,11 @@ def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "st
     robust = predict(x, key) == y
     x_adv = x
     log = {"clean": float(jnp.mean(robust))}
-    for i, (name, attack) in enumerate(components(version, eps, steps, n_target_classes,
-                                                   square_queries, eot_samples)):
+    targets = (ranked_targets(logits_fn, x, n_target_classes) if version == "standard"
+               else None)
+    stages = components(version, eps, steps, n_target_classes, square_queries, eot_samples,
+                        targets)
+    for i, (name, attack) in enumerate(stages):
         if not bool(jnp.any(robust)):
             log[name] = 0.0
             continue
@@ -65,13 +86,13 @@ def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "st
             idx = np.nonzero(np.asarray(robust))[0]
             size = bucket_size(len(idx), len(x))
             sub = np.concatenate([idx, np.full(size - len(idx), idx[0])])
-            cand = attack(logits_fn, x[sub], y[sub], k)
+            cand = attack(logits_fn, x[sub], y[sub], k, sub)
             hit = np.asarray(predict(cand, jax.random.fold_in(k, 1)) != y[sub])[:len(idx)]
             fooled_idx = idx[hit]
             x_adv = x_adv.at[fooled_idx].set(cand[:len(idx)][hit])
             robust = robust.at[fooled_idx].set(False)
         else:
-            cand = attack(logits_fn, x, y, k)
+            cand = attack(logits_fn, x, y, k, np.arange(len(x)))
             fooled = robust & (predict(cand, jax.random.fold_in(k, 1)) != y)
             x_adv = jnp.where(fooled.reshape(-1, 1, 1, 1), cand, x_adv)
             robust = robust & ~fooled
