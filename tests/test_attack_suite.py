@@ -152,7 +152,7 @@ def test_attack_errors():
 def test_autoattack_compaction_matches_masking():
     """Gathering robust points into power-of-two buckets reaches the robust accuracy of
     masking them (random draws differ with the batch shape, so up to a few points)."""
-    from jaxdefense.attacks.autoattack import bucket_size
+    from jaxdefense.attacks.common import bucket_size
     assert [bucket_size(n, 64) for n in (1, 3, 8, 9, 64)] == [1, 4, 8, 16, 64]
     x, y = _data(64)
     key = jax.random.key(4)
@@ -169,6 +169,7 @@ def test_autoattack_runs_each_target_class_on_the_points_still_robust(monkeypatc
     """As the reference: APGD-T is one attack per target class, each on the points no earlier
     attack or target fooled, toward that point's j-th most likely wrong clean class."""
     import importlib
+    from jaxdefense.attacks.common import bucket_size
     aa = importlib.import_module("jaxdefense.attacks.autoattack")
     calls = []
     real = aa.apgd_targeted
@@ -189,10 +190,37 @@ def test_autoattack_runs_each_target_class_on_the_points_still_robust(monkeypatc
         rows = [int(np.nonzero(np.all(np.asarray(x) == xi, axis=(1, 2, 3)))[0][0])
                 for xi in c["x"]]
         unique = set(rows)
-        assert c["n"] == aa.bucket_size(len(unique), 64)       # the robust points, bucketed
+        assert c["n"] == bucket_size(len(unique), 64)       # the robust points, bucketed
         np.testing.assert_array_equal(c["targets"], ranked[j][rows])
         if earlier is None:
             assert len(unique) == round(log["apgd-ce"] * 64)
         else:
             assert unique <= earlier                           # fooled points left out
         earlier = unique
+
+
+def test_square_pruning_fooled_points_changes_nothing_but_the_work():
+    """Dropping fooled points every 40 queries gives exactly the unpruned result (draws are
+    keyed per sample), and later segments attack fewer points."""
+    import importlib
+    sq = importlib.import_module("jaxdefense.attacks.square")
+    x, y = _data(64)
+    key = jax.random.key(6)
+    full = attacks.square(net, x, y, key, eps=0.1, n_queries=200, prune_every=None)
+    sizes = []
+    real = sq._square_queries
+
+    def spy(f, xs, *args):
+        sizes.append(len(xs))
+        return real(f, xs, *args)
+    sq._square_queries = spy
+    try:
+        pruned = attacks.square(net, x, y, key, eps=0.1, n_queries=200, prune_every=40)
+    finally:
+        sq._square_queries = real
+    np.testing.assert_array_equal(np.asarray(pruned), np.asarray(full))
+    assert float(jnp.max(jnp.abs(pruned - x))) <= 0.1 + 1e-6
+    assert len(sizes) >= 2 and sizes[0] <= 64 and sizes[-1] < sizes[0], sizes
+    assert acc(pruned, y) < acc(x, y)
+    with pytest.raises(ValueError, match="prune_every"):
+        attacks.square(net, x, y, key, prune_every=0)

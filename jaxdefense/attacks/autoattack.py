@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense.attacks.apgd import apgd, apgd_targeted
-from jaxdefense.attacks.common import call_logits, check_budget, check_images
+from jaxdefense.attacks.common import call_logits, check_budget, check_images, gather_bucket
 from jaxdefense.attacks.square import square
 
 
@@ -54,13 +54,6 @@ def ranked_targets(logits_fn, x, n_target_classes: int):
     return jnp.stack([order[:, -(j + 2)] for j in range(n)])
 
 
-def bucket_size(n: int, total: int) -> int:
-    """The smallest power of two >= n, at most `total`, a multiple of the device count."""
-    d = jax.device_count()
-    size = min(total, 1 << max(0, (n - 1).bit_length()))
-    return min(total, -(-size // d) * d)
-
-
 def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "standard",
                steps: int = 100, n_target_classes: int = 9, square_queries: int = 5000,
                eot_samples: int = 20, compact: bool = True, return_log: bool = False):
@@ -84,8 +77,7 @@ def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "st
         k = jax.random.fold_in(key, i)
         if compact:
             idx = np.nonzero(np.asarray(robust))[0]
-            size = bucket_size(len(idx), len(x))
-            sub = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+            sub = gather_bucket(idx, len(x))
             cand = attack(logits_fn, x[sub], y[sub], k, sub)
             hit = np.asarray(predict(cand, jax.random.fold_in(k, 1)) != y[sub])[:len(idx)]
             fooled_idx = idx[hit]

@@ -98,3 +98,17 @@ def keep_best(x_new, losses, fooled, best):
 
 def init_best(x):
     return x, jnp.full((x.shape[0],), -jnp.inf), jnp.zeros((x.shape[0],), bool)
+
+
+def bucket_size(n: int, total: int) -> int:
+    """The smallest power of two >= n, at most `total`, a multiple of the device count: the
+    batch size robust points are gathered into (at most log2(total) shapes compile)."""
+    d = jax.device_count()
+    size = min(total, 1 << max(0, (n - 1).bit_length()))
+    return min(total, -(-size // d) * d)
+
+
+def gather_bucket(idx: np.ndarray, total: int) -> np.ndarray:
+    """idx padded to `bucket_size(len(idx), total)` by repeating its first entry."""
+    size = bucket_size(len(idx), total)
+    return np.concatenate([idx, np.full(size - len(idx), idx[0])])
