@@ -42,7 +42,9 @@ class Case:
     dtype_applies: bool = True
 
 
-def cases() -> list[Case]:
+def cases(attack_steps: int | None = None) -> list[Case]:
+    """attack_steps: PGD steps inside FSR's adversarial training (default: the preset's 10);
+    the tests take 1, the networks stay full size."""
     from jaxdefense.defenses import apegan, diffpure, grfd, standard
     from jaxdefense.defenses.fsr import config as fsr_config
     from jaxdefense.defenses.fsr import train as fsr_train
@@ -52,6 +54,8 @@ def cases() -> list[Case]:
         return grfd.preset("cifar100", dtype=dtype, rb_samples=1)
 
     def fsr_cfg(arch, dtype, **kw):
+        if attack_steps is not None:
+            kw["train_steps"] = attack_steps
         return fsr_config.preset("cifar10", classifier=arch, method="at", dtype=dtype, **kw)
 
     def std(dtype):
