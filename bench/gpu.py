@@ -15,9 +15,11 @@ Prints, as markdown:
    drops fooled points, so its time here is an upper bound), ms per batch;
 5. the projected wall time of the paper's schedule (150 epochs of phase I and of phase III
    over CIFAR-100's 50,000 training images, batch 128) from the measured steps.
-With torch and torchattacks importable and --torch, item 4 is repeated in PyTorch on the same
-weights (bench/attacks_vs_torchattacks.py shows the pattern; a WRN-28-10 port for it is
-not written yet, so today the flag reports that and skips).
+With --torch (torch and torchattacks installed: `pip install torch && pip install
+--no-deps torchattacks`), item 4 is repeated with torchattacks on the same weights, copied
+into a PyTorch WRN (bench/torch_wrn.py; the logits are checked equal first), on the GPU
+when torch sees one. torchattacks' AutoAttack 'standard' also runs FAB-T, which ours does
+not have yet (docs/attacks.md), so that row is not like for like.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def timed(fn, repeats: int) -> float:
@@ -61,26 +64,43 @@ def step_figures(state, step, batch, hp, repeats: int) -> dict:
                 tflops=float(cost.get("flops", float("nan"))) / seconds / 1e12)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny models, batch 8 (any machine)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--torch", action="store_true")
-    args = p.parse_args()
-    from jaxdefense import attacks
+def torch_runs(model, variables, x, y, steps) -> dict:
+    """{attack name: a blocking callable} running torchattacks on a PyTorch copy of the
+    weights (on CUDA when torch sees it), after checking the copy's logits."""
+    import torch
+    import torchattacks
+    try:
+        from bench import torch_wrn
+    except ImportError:                      # run as a script: bench/ is on sys.path
+        import torch_wrn
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = torch_wrn.from_flax(model, variables).to(device)
+    gap = torch_wrn.max_logit_gap(model, variables, net, np.asarray(x), device)
+    if gap > 1e-3:
+        raise SystemExit(f"the PyTorch copy's logits differ by {gap:.2e}; not comparable")
+    print(f"torch {torch.__version__} on {device}: logits equal to {gap:.1e}")
+    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).to(device)
+    yt = torch.from_numpy(np.asarray(y).astype(np.int64)).to(device)
+    attacks = {
+        "PGD-20": torchattacks.PGD(net, eps=8 / 255, alpha=2 / 255, steps=steps or 20,
+                                   random_start=True),
+        "APGD-CE": torchattacks.APGD(net, eps=8 / 255, steps=steps or 100, loss="ce"),
+        "AutoAttack (standard)": torchattacks.AutoAttack(net, eps=8 / 255, version="standard",
+                                                         n_classes=int(model.num_classes)),
+    }
+
+    def runner(attack):
+        def run():
+            attack(xt, yt)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return run
+    return {name: runner(a) for name, a in attacks.items()}
+
+
+def step_table(args, batch_size: int, peak: dict) -> dict:
     from jaxdefense.defenses import grfd
     from jaxdefense.training import classifier_step
-
-    batch_size = 8 if args.smoke else 128
-    n = 512 if args.smoke else 8192
-    dev = jax.devices()[0]
-    print(f"# GPU run book: {dev.platform} {dev.device_kind}, {jax.device_count()} device(s), "
-          f"jax {jax.__version__}{' (smoke sizes)' if args.smoke else ''}\n")
-    peak = {d: matmul_tflops(n, d, args.repeats) for d in (jnp.float32, jnp.bfloat16)}
-    print(f"measured matmul ({n}^2): float32 {peak[jnp.float32]:.3g} TFLOP/s, "
-          f"bfloat16 {peak[jnp.bfloat16]:.3g} TFLOP/s\n")
-
     print(f"| step (CIFAR-100, batch {batch_size}) | dtype | K | ms/step | images/s | "
           f"TFLOP/s | share of matmul rate |\n|---|---|---|---|---|---|---|")
     x = jax.random.uniform(jax.random.key(2), (batch_size, 32, 32, 3))
@@ -103,7 +123,14 @@ def main():
         share = f["tflops"] / peak[jnp.dtype(dtype).type]
         print(f"| GRFD phase III | {dtype} | - | {f['ms']:.1f} | {f['img_s']:.0f} | "
               f"{f['tflops']:.3g} | {100 * share:.0f}% |", flush=True)
+    return ms
 
+
+def attack_table(args, batch_size: int) -> None:
+    from jaxdefense import attacks
+    from jaxdefense.defenses import grfd
+    x = jax.random.uniform(jax.random.key(2), (batch_size, 32, 32, 3))
+    y = jnp.arange(batch_size) % 100
     cfg = grfd.preset("cifar10", smoke=args.smoke)
     model = grfd.make_classifier(cfg)
     variables = model.init(jax.random.key(3), x[:1])
@@ -118,15 +145,22 @@ def main():
         "AutoAttack (standard)": lambda: attacks.autoattack(logits_fn, x, yy, jax.random.key(4),
                                                             eps=8 / 255),
     }
-    print(f"\n| attack on WRN (batch {batch_size}) | ms / batch (jax) | torchattacks |\n|---|---|---|")
+    theirs = torch_runs(model, variables, x, yy, steps) if args.torch else {}
+    print(f"\n| attack on WRN (batch {batch_size}) | ms / batch (jax) | torchattacks ms | "
+          f"our speed (torch ms / ours) |\n|---|---|---|---|")
     for name, fn in runs.items():
         if args.smoke and name.startswith("AutoAttack"):
-            print(f"| {name} | skipped in --smoke | - |")
+            print(f"| {name} | skipped in --smoke | - | - |")
             continue
         s = timed(lambda: jax.block_until_ready(fn()), max(1, args.repeats // 5))
-        print(f"| {name} | {1000 * s:.0f} | "
-              f"{'no WRN port yet' if args.torch else 'not run (--torch)'} |", flush=True)
+        if name in theirs:
+            t = timed(theirs[name], max(1, args.repeats // 5))
+            print(f"| {name} | {1000 * s:.0f} | {1000 * t:.0f} | {t / s:.2f}x |", flush=True)
+        else:
+            print(f"| {name} | {1000 * s:.0f} | not run (--torch) | - |", flush=True)
 
+
+def projection(args, ms: dict) -> None:
     steps_per_epoch = 50_000 // 128
     print("\nprojected wall time of the paper's schedule (150 + 150 epochs, "
           f"{steps_per_epoch} steps each, from the steps above"
@@ -136,6 +170,33 @@ def main():
             hours = 150 * steps_per_epoch * (ms[("phase1", dtype, k)] +
                                             ms[("phase3", dtype)]) / 1000 / 3600
             print(f"- {dtype}, K = {k}: {hours:.1f} h")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny models, batch 8 (any machine)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--torch", action="store_true")
+    p.add_argument("--parts", default="steps,attacks", help="comma list: steps, attacks")
+    args = p.parse_args()
+    parts = set(args.parts.split(","))
+
+    batch_size = 8 if args.smoke else 128
+    n = 512 if args.smoke else 8192
+    dev = jax.devices()[0]
+    print(f"# GPU run book: {dev.platform} {dev.device_kind}, {jax.device_count()} device(s), "
+          f"jax {jax.__version__}{' (smoke sizes)' if args.smoke else ''}\n")
+    peak = {d: matmul_tflops(n, d, args.repeats) for d in (jnp.float32, jnp.bfloat16)}
+    print(f"measured matmul ({n}^2): float32 {peak[jnp.float32]:.3g} TFLOP/s, "
+          f"bfloat16 {peak[jnp.bfloat16]:.3g} TFLOP/s\n")
+
+    if "steps" in parts:
+        ms = step_table(args, batch_size, peak)
+    if "attacks" in parts:
+        attack_table(args, batch_size)
+    if "steps" in parts:
+        projection(args, ms)
 
 
 if __name__ == "__main__":
