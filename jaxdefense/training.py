@@ -240,7 +240,8 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
     last = epochs if stop_after_epochs is None else min(epochs, start + stop_after_epochs)
     try:
         for epoch in range(start, last):
-            hparams = jax.device_put({k: np.float32(v) for k, v in hparams_fn(epoch).items()})
+            hp_host = {k: np.float32(v) for k, v in hparams_fn(epoch).items()}
+            hparams = jax.device_put(hp_host)
             batches = prefetch(train_batches(x, y, batch_size, seed, epoch, augment,
                                              rows=process_share(batch_size)),
                                prefetch_batches, shard_local_batch)
@@ -277,7 +278,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
             means = {k: float(np.mean(v)) for k, v in history.items()}
             record = dict(phase=phase, epoch=epoch + 1, train=means, seconds=round(seconds, 3),
                           images_per_s=round(steps_per_epoch * batch_size / seconds, 1),
-                          **{k: float(v) for k, v in hparams.items()})
+                          **{k: float(v) for k, v in hp_host.items()})
             if eval_fn is not None and (epoch + 1 == epochs or
                                         (eval_every and (epoch + 1) % eval_every == 0)):
                 record["eval"] = eval_fn(state)
