@@ -27,7 +27,7 @@ def p_schedule(i, n_queries: int, p_init: float):
 
 
 def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
-           p_init: float = 0.8, prune_every: int | None = 500):
+           p_init: float = 0.8, prune_every: int | None = 100):
     """Linf Square attack; x_adv [B, H, W, C] within eps of x in [0, 1].
 
     prune_every: every so many queries the points already misclassified are dropped and the
