@@ -34,7 +34,7 @@ def replicate(tree):
     return jax.device_put(tree, NamedSharding(mesh(), P()))
 
 
-def _check(tree, n_rows: int):
+def _check_rows(n_rows: int):
     n = jax.device_count()
     if n_rows % n:
         raise ValueError(f"batch of {n_rows} does not split over {n} devices; "
@@ -44,9 +44,8 @@ def _check(tree, n_rows: int):
 def shard_batch(tree):
     """Split arrays along their first axis across devices (size must divide evenly). Every
     process passes the same global batch; each contributes only its own rows."""
-    leaves = jax.tree.leaves(tree)
-    for leaf in leaves:
-        _check(tree, leaf.shape[0])
+    for leaf in jax.tree.leaves(tree):
+        _check_rows(leaf.shape[0])
     if jax.process_count() == 1:
         return jax.device_put(tree, NamedSharding(mesh(), P("batch")))
     return jax.tree.map(lambda a: _from_local(np.asarray(a)[process_share(a.shape[0])],
@@ -60,7 +59,7 @@ def shard_local_batch(tree):
         return shard_batch(tree)
     n = jax.process_count()
     for leaf in jax.tree.leaves(tree):
-        _check(tree, leaf.shape[0] * n)
+        _check_rows(leaf.shape[0] * n)
     return jax.tree.map(lambda a: _from_local(np.asarray(a), a.shape[0] * n), tree)
 
 

@@ -221,9 +221,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
     transfer_guard: a `jax.transfer_guard` level for the step loop ('disallow' turns any
     implicit host-device transfer there into an error; the tests run it so).
     """
-    progress = progress and is_main_process()           # one process shows and writes
-    if not is_main_process():
-        metrics_path = None
+    progress = progress and is_main_process()           # one process shows (and writes)
     ckpts = Checkpoints(ckpt_dir, keep)
     start, state = ckpts.restore_newest_good(replicate(state))
     if metrics_path:

@@ -28,3 +28,20 @@ def run_env(devices: int = 1) -> dict:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+def linear_step(state, batch, key, hparams):
+    """A training step of a linear softmax classifier (params 'w' [D, K], 'b' [K]) for tests
+    of the harness: metrics 'loss' (times 1 + hparams['poison'], to make it NaN on purpose)
+    and 'rows' (the batch size the step saw)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    xb, yb = batch
+
+    def loss(p):
+        logits = xb.reshape(len(xb), -1) @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    value, grads = jax.value_and_grad(loss)(state.params)
+    value = value * (1.0 + hparams.get("poison", 0.0))
+    return state.apply_gradients(grads=grads), {"loss": value, "rows": jnp.float32(len(xb))}

@@ -184,7 +184,7 @@ def test_autoattack_runs_each_target_class_on_the_points_still_robust(monkeypatc
     _, log = attacks.autoattack(net, x, y, jax.random.key(5), eps=0.06, steps=10,
                                 n_target_classes=3, square_queries=10, return_log=True)
     assert 1 <= len(calls) <= 3
-    ranked = np.asarray(aa.ranked_targets(net, x, 3))
+    ranked = np.asarray(aa.ranked_targets(net(x), 3))
     earlier = None
     for j, c in enumerate(calls):
         rows = [int(np.nonzero(np.all(np.asarray(x) == xi, axis=(1, 2, 3)))[0][0])

@@ -11,6 +11,7 @@ import pytest
 
 from jaxdefense import training
 from jaxdefense.checkpoint import Checkpoints, CorruptCheckpointError
+from tests.conftest import linear_step
 
 
 def _fit(workdir, **kw):
@@ -18,15 +19,9 @@ def _fit(workdir, **kw):
     x = rng.rand(64, 4, 4, 1).astype(np.float32)
     y = (x.mean((1, 2, 3)) > 0.5).astype(np.int32)
 
-    def step(state, batch, key, hparams):
-        xb, yb = batch
-        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-            xb.reshape(len(xb), -1) @ p["w"] + p["b"], yb).mean()
-        value, grads = jax.value_and_grad(loss)(state.params)
-        return state.apply_gradients(grads=grads), {"loss": value}
     state = training.TrainState.create(apply_fn=None, tx=optax.adam(0.05),
                                        params={"w": jnp.zeros((16, 2)), "b": jnp.zeros(2)})
-    return training.fit(state, step, x, y, epochs=3, batch_size=16, seed=0,
+    return training.fit(state, linear_step, x, y, epochs=3, batch_size=16, seed=0,
                         ckpt_dir=os.path.join(workdir, "ckpt"), phase="p",
                         metrics_path=os.path.join(workdir, "metrics.jsonl"), progress=False, **kw)
 

@@ -91,14 +91,7 @@ from jaxdefense import data, evaluation, training
 assert jax.device_count() == 2
 ds = data.load("digits", "train").take(96)
 
-def step(state, batch, key, hparams):
-    xb, yb = batch
-    def loss(p):
-        logits = xb.reshape(len(xb), -1) @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-    value, grads = jax.value_and_grad(loss)(state.params)
-    return state.apply_gradients(grads=grads), {"loss": value, "rows": jnp.float32(len(xb))}
-
+from tests.conftest import linear_step as step
 apply = lambda v, xb: xb.reshape(len(xb), -1) @ v["w"] + v["b"]
 state = training.TrainState.create(apply_fn=None, tx=optax.sgd(0.1),
                                    params={"w": jnp.zeros((784, 10)), "b": jnp.zeros(10)})

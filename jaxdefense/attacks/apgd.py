@@ -124,6 +124,16 @@ def _apgd(logits_fn, x, y, key, eps, steps, restarts, loss, rho, eot_samples, st
     return best_x
 
 
+def ranked_targets(logits, n_target_classes: int):
+    """[n, B]: the 2nd .. (n+1)-th most likely classes of each point (APGD-T's targets)."""
+    n_classes = logits.shape[1]
+    if n_classes < 4:
+        raise ValueError("APGD-T's targeted DLR needs at least 4 classes")
+    order = jnp.argsort(logits, axis=1)
+    n = min(n_target_classes, n_classes - 1)
+    return jnp.stack([order[:, -(j + 2)] for j in range(n)])
+
+
 def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 100,
                   n_target_classes: int = 9, targets=None, restarts: int = 1,
                   rho: float = 0.75, eot_samples: int = 1, stochastic: bool = False):
@@ -141,13 +151,8 @@ def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 10
 def _apgd_t(logits_fn, x, y, key, eps, steps, n_target_classes, targets, restarts, rho,
             eot_samples, stochastic):
     if targets is None:
-        logits = call_logits(logits_fn, x, key, stochastic)
-        n_classes = logits.shape[1]
-        if n_classes < 4:
-            raise ValueError("APGD-T's targeted DLR needs at least 4 classes")
-        order = jnp.argsort(logits, axis=1)
-        n = min(n_target_classes, n_classes - 1)
-        target_list = jnp.stack([order[:, -(j + 2)] for j in range(n)])   # [n, B]
+        target_list = ranked_targets(call_logits(logits_fn, x, key, stochastic),
+                                     n_target_classes)
     else:
         target_list = targets[None]
 

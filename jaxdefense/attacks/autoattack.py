@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdefense.attacks.apgd import apgd, apgd_targeted
+from jaxdefense.attacks.apgd import apgd, apgd_targeted, ranked_targets
 from jaxdefense.attacks.common import call_logits, check_budget, check_images, gather_bucket
 from jaxdefense.attacks.square import square
 
@@ -43,17 +43,6 @@ def components(version: str, eps: float, steps: int, n_target_classes: int,
     raise ValueError(f"unknown AutoAttack version {version!r}; choose 'standard' or 'rand'")
 
 
-def ranked_targets(logits_fn, x, n_target_classes: int):
-    """[n, B]: the 2nd .. (n+1)-th most likely classes of each clean point (APGD-T's targets)."""
-    logits = logits_fn(x)
-    n_classes = logits.shape[1]
-    if n_classes < 4:
-        raise ValueError("APGD-T's targeted DLR needs at least 4 classes")
-    order = jnp.argsort(logits, axis=1)
-    n = min(n_target_classes, n_classes - 1)
-    return jnp.stack([order[:, -(j + 2)] for j in range(n)])
-
-
 def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "standard",
                steps: int = 100, n_target_classes: int = 9, square_queries: int = 5000,
                eot_samples: int = 20, compact: bool = True, return_log: bool = False):
@@ -66,7 +55,7 @@ def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "st
     robust = predict(x, key) == y
     x_adv = x
     log = {"clean": float(jnp.mean(robust))}
-    targets = (ranked_targets(logits_fn, x, n_target_classes) if version == "standard"
+    targets = (ranked_targets(logits_fn(x), n_target_classes) if version == "standard"
                else None)
     stages = components(version, eps, steps, n_target_classes, square_queries, eot_samples,
                         targets)

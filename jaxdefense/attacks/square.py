@@ -43,13 +43,11 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
     eps, p_init = jnp.float32(eps), jnp.float32(p_init)
     ids = jnp.arange(len(x))
     x_best, loss_best = _square_init(logits_fn, x, y, key, eps, ids)
-    segment = n_queries if prune_every is None else prune_every
-    for start in range(1, n_queries, segment):
-        stop = min(start + segment, n_queries)
-        if prune_every is None:
-            x_best, loss_best = _square_queries(logits_fn, x, y, key, eps, ids, x_best,
-                                                loss_best, start, stop, n_queries, p_init)
-            break
+    if prune_every is None:
+        return _square_queries(logits_fn, x, y, key, eps, ids, x_best, loss_best, 1,
+                               n_queries, n_queries, p_init)[0]
+    for start in range(1, n_queries, prune_every):
+        stop = min(start + prune_every, n_queries)
         active = np.nonzero(np.asarray(loss_best > 0))[0]
         if len(active) == 0:
             break
