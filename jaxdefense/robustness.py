@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxdefense import attacks as attack_lib, files
+from jaxdefense.attacks.norms import get_norm
 from jaxdefense.attacks.presets import ALIASES, get_preset, preset_for
 from jaxdefense.data import padded_batches
 from jaxdefense import evaluation
@@ -92,9 +93,10 @@ def make_predict(served, stochastic: bool, eval_draws: int = 1):
 
 
 def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,
-                  desc=None, eval_draws: int = 1, cache: str | None = None, predict=None):
+                  desc=None, eval_draws: int = 1, cache: str | None = None, predict=None,
+                  norm: str = "Linf"):
     """Per-sample correctness [N] of `served` on examples crafted by `craft` against
-    `attacked`; also the largest Linf distance seen. A stochastic `served` counts a sample
+    `attacked`; also the largest distance seen in `norm` ('Linf' or 'L2'). A stochastic `served` counts a sample
     as correct only if it is right on each of `eval_draws` independent draws.
 
     cache: a directory where each finished batch is kept (CACHE/<i>.npz) and read back by a
@@ -107,26 +109,28 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
         cache = None          # every process must make the same attack calls (collectives)
     if predict is None:
         predict = make_predict(served, stochastic, eval_draws)
-    correct, max_linf = [], 0.0
+    size = get_norm(norm).size
+    correct, max_dist = [], 0.0
     for i, (xb, yb, mask) in enumerate(tqdm(padded_batches(x, y, b), total=-(-len(x) // b),
                                             desc=desc, disable=desc is None, leave=False)):
         done = os.path.join(cache, f"{i}.npz") if cache else None
         if done and os.path.isfile(done):
             with np.load(done) as kept:
                 correct.append(kept["correct"])
-                max_linf = max(max_linf, float(kept["max_linf"]))
+                max_dist = max(max_dist, float(kept["max_dist"] if "max_dist" in kept.files
+                                               else kept["max_linf"]))
             continue
         xb, yb = shard_batch((xb, yb))
         k = jax.random.fold_in(key, i)
         x_adv = craft(attacked, xb, yb, k)
         correct.append(to_host(predict(x_adv, yb, jax.random.fold_in(k, 1)))[mask])
-        linf = float(np.max(np.abs(to_host(x_adv - xb))[mask]))
-        max_linf = max(max_linf, linf)
+        dist = float(np.max(to_host(size(x_adv - xb))[mask]))
+        max_dist = max(max_dist, dist)
         if done:
             os.makedirs(cache, exist_ok=True)
-            np.savez(done + ".tmp.npz", correct=correct[-1], max_linf=linf)
+            np.savez(done + ".tmp.npz", correct=correct[-1], max_dist=dist)
             os.replace(done + ".tmp.npz", done)
-    return np.concatenate(correct), max_linf
+    return np.concatenate(correct), max_dist
 
 
 def _attacked(models: Models, threat: str):
@@ -145,6 +149,8 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
            batch_size: int = 256, progress: bool = True, cache: str | None = None) -> dict:
     """{'clean': acc, threat: {attack: acc, ..., 'worst_case': acc}, 'max_linf': {...}}.
 
+    'max_linf' ('max_l2' for attacks with norm='L2') holds the largest distance of each
+    threat / attack's examples from the clean ones, in the attack's norm.
     worst_case is the per-sample worst case over the threat's attacks (and clean).
     cache: a directory for finished batches (see `correct_under`), one subdirectory per
     threat and attack; name it after the models, examples, attacks and key.
@@ -161,14 +167,15 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
         worst = clean.copy()
         out[threat] = {}
         for a_i, (name, params) in enumerate(attacks.items()):
-            ok, linf = correct_under(models.served, models.stochastic, attacked,
+            norm = params.get("norm", "Linf")
+            ok, dist = correct_under(models.served, models.stochastic, attacked,
                                      craft_fn(name, params, stoch), x, y,
                                      jax.random.fold_in(key, 100 * t_i + a_i), batch_size,
                                      desc=f"{threat} {name}" if progress else None,
-                                     cache=sub(f"{threat}-{name}"), predict=predict)
+                                     cache=sub(f"{threat}-{name}"), predict=predict, norm=norm)
             worst &= ok
             out[threat][name] = float(ok.mean())
-            out["max_linf"][f"{threat}/{name}"] = linf
+            out.setdefault(f"max_{norm.lower()}", {})[f"{threat}/{name}"] = dist
         out[threat]["worst_case"] = float(worst.mean())
     return out
 

@@ -1,7 +1,9 @@
-"""APGD and APGD-T (Croce & Hein 2020), Linf, as in the reference `autoattack` code.
+"""APGD and APGD-T (Croce & Hein 2020), Linf and L2, as in the reference `autoattack` code.
 
-Start x + eps * t / |t|_inf with t ~ U[-1, 1]^d; step eta = 2 eps; momentum 0.75 (1 on the
-first step): z = P(x_k + eta sign(g)), x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})).
+Start x + eps * t / |t| with t ~ U[-1, 1]^d (Linf) or N(0, I) (L2); step eta = 2 eps;
+momentum 0.75 (1 on the first step): z = P(x_k + eta s(g)),
+x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})), with s(g) = sign(g) (Linf) or
+g / |g|_2 (L2) and P the projection onto the eps-ball and [0, 1] (`norms.py`).
 Checkpoints after 0.22 N iterations, then intervals shrinking by 0.03 N down to 0.06 N. At a
 checkpoint a sample halves its step and restarts from its best point if its loss rose on at
 most rho = 0.75 of the steps since the last checkpoint, or if its step was not halved last
@@ -20,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense.attacks.common import (call_logits, check_budget, check_images, init_best,
-                                       keep_best, loss_and_grad, project_linf)
+                                       keep_best, loss_and_grad)
 from jaxdefense.attacks.losses import dlr_targeted, get_loss
+from jaxdefense.attacks.norms import get_norm
 
 
 def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +39,7 @@ def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return is_check, length
 
 
-def _run(logits_fn, loss_fn, x, y, key, eps, steps, rho, eot_samples, stochastic):
+def _run(logits_fn, loss_fn, x, y, key, eps, steps, rho, eot_samples, stochastic, norm):
     """One APGD run; returns (best_x, best_loss, fooled) with the keep_best convention."""
     b = x.shape[0]
     bshape = (b,) + (1,) * (x.ndim - 1)
@@ -44,9 +47,7 @@ def _run(logits_fn, loss_fn, x, y, key, eps, steps, rho, eot_samples, stochastic
     evaluate = lambda xa, k: loss_and_grad(logits_fn, loss_fn, xa, y, k, eot_samples, stochastic)
     is_check, length = (jnp.asarray(a) for a in checkpoint_schedule(steps))
 
-    t = jax.random.uniform(k_start, x.shape, minval=-1.0, maxval=1.0)
-    t_max = jnp.max(jnp.abs(t).reshape(b, -1), axis=1).reshape(bshape)
-    x_adv = jnp.clip(x + eps * t / t_max, 0.0, 1.0)
+    x_adv = norm.sphere_start(k_start, x, eps)
     losses, logits, grad = evaluate(x_adv, jax.random.fold_in(k_loop, steps))
     fooled = jnp.argmax(logits, 1) != y
     state = dict(
@@ -72,8 +73,8 @@ def _run(logits_fn, loss_fn, x, y, key, eps, steps, rho, eot_samples, stochastic
     def body(i, s):
         a = jnp.where(i > 0, 0.75, 1.0)
         xa, x_old = s["x_adv"], s["x_old"]
-        z = project_linf(xa + s["step"] * jnp.sign(s["grad"]), x, eps)
-        x_new = project_linf(xa + a * (z - xa) + (1.0 - a) * (xa - x_old), x, eps)
+        z = norm.project(xa + s["step"] * norm.ascent(s["grad"]), x, eps)
+        x_new = norm.project(xa + a * (z - xa) + (1.0 - a) * (xa - x_old), x, eps)
         losses, logits, grad = evaluate(x_new, jax.random.fold_in(k_loop, i))
         now_fooled = jnp.argmax(logits, 1) != y
         first = (now_fooled & ~s["fooled"]).reshape(bshape)
@@ -100,25 +101,28 @@ def _check(eps, steps, x, y, restarts, rho):
 
 
 def apgd(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 100, restarts: int = 1,
-         loss: str = "ce", rho: float = 0.75, eot_samples: int = 1, stochastic: bool = False):
-    """Untargeted APGD with loss 'ce' or 'dlr' ('margin' also accepted).
+         loss: str = "ce", rho: float = 0.75, eot_samples: int = 1, stochastic: bool = False,
+         norm: str = "Linf"):
+    """Untargeted APGD with loss 'ce' or 'dlr' ('margin' also accepted), in the Linf or L2
+    (`norm`) eps-ball (RobustBench's budgets: Linf 8/255, L2 0.5).
 
     stochastic=True calls logits_fn(x, key) and averages over eot_samples draws (rand AA).
     """
     _check(eps, steps, x, y, restarts, rho)
     get_loss(loss)
     return _apgd(logits_fn, x, y, key, jnp.float32(eps), steps, restarts, loss, rho,
-                 eot_samples, stochastic)
+                 eot_samples, stochastic, get_norm(norm))
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "steps", "restarts", "loss", "rho",
-                                   "eot_samples", "stochastic"))
-def _apgd(logits_fn, x, y, key, eps, steps, restarts, loss, rho, eot_samples, stochastic):
+                                   "eot_samples", "stochastic", "norm"))
+def _apgd(logits_fn, x, y, key, eps, steps, restarts, loss, rho, eot_samples, stochastic,
+          norm):
     loss_fn = get_loss(loss)
 
     def one(best, k):
         out, loss_best, fooled = _run(logits_fn, loss_fn, x, y, k, eps, steps, rho,
-                                      eot_samples, stochastic)
+                                      eot_samples, stochastic, norm)
         return keep_best(out, loss_best, fooled, best), None
     (best_x, _, _), _ = jax.lax.scan(one, init_best(x), jax.random.split(key, restarts))
     return best_x
@@ -136,20 +140,21 @@ def ranked_targets(logits, n_target_classes: int):
 
 def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 100,
                   n_target_classes: int = 9, targets=None, restarts: int = 1,
-                  rho: float = 0.75, eot_samples: int = 1, stochastic: bool = False):
+                  rho: float = 0.75, eot_samples: int = 1, stochastic: bool = False,
+                  norm: str = "Linf"):
     """APGD-T: targeted DLR toward each of the 2nd..(n+1)-th most likely classes at the
     clean point (or toward the given `targets` [B]); success means misclassified."""
     _check(eps, steps, x, y, restarts, rho)
     if targets is not None and targets.shape != y.shape:
         raise ValueError(f"targets must have shape {y.shape}, got {targets.shape}")
     return _apgd_t(logits_fn, x, y, key, jnp.float32(eps), steps, n_target_classes, targets,
-                   restarts, rho, eot_samples, stochastic)
+                   restarts, rho, eot_samples, stochastic, get_norm(norm))
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "steps", "n_target_classes", "restarts", "rho",
-                                   "eot_samples", "stochastic"))
+                                   "eot_samples", "stochastic", "norm"))
 def _apgd_t(logits_fn, x, y, key, eps, steps, n_target_classes, targets, restarts, rho,
-            eot_samples, stochastic):
+            eot_samples, stochastic, norm):
     if targets is None:
         target_list = ranked_targets(call_logits(logits_fn, x, key, stochastic),
                                      n_target_classes)
@@ -161,7 +166,7 @@ def _apgd_t(logits_fn, x, y, key, eps, steps, n_target_classes, targets, restart
         loss_fn = lambda logits, yy: dlr_targeted(logits, yy, target)
         for r, kr in enumerate(jax.random.split(k, restarts)):
             out, loss_best, fooled = _run(logits_fn, loss_fn, x, y, kr, eps, steps, rho,
-                                          eot_samples, stochastic)
+                                          eot_samples, stochastic, norm)
             best = keep_best(out, loss_best, fooled, best)
         return best, None
     keys = jax.random.split(key, target_list.shape[0])

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdefense.attacks.norms import project_linf  # noqa: F401 (re-exported)
+
 
 def check_budget(eps, step_size=None, steps=None):
     """Reject negative or non-finite budgets early, when they are concrete numbers."""
@@ -52,11 +54,6 @@ def check_images(x, y):
     if y.shape != x.shape[:1]:
         raise ValueError(f"labels must have shape {x.shape[:1]}, got {y.shape}")
     check_pixels(x)
-
-
-def project_linf(x_adv, x, eps):
-    """Into the Linf ball of radius eps around x, then into the image box [0, 1]."""
-    return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
 
 
 def call_logits(logits_fn, x, key=None, stochastic: bool = False):

@@ -20,6 +20,13 @@ PRESETS = {
     },
     # RobustBench's Linf standard: AutoAttack (standard version) at 8/255.
     "robustbench": {"autoattack": dict(eps=8 / 255)},
+    # RobustBench's L2 standard: AutoAttack (standard version) at L2 0.5.
+    "robustbench-l2": {"autoattack": dict(eps=0.5, norm="L2")},
+    # L2 checks at RobustBench's budget: PGD-20 (step eps / 4) and APGD-CE.
+    "l2-0.5": {
+        "pgd": dict(eps=0.5, step_size=0.125, steps=20, norm="L2"),
+        "apgd": dict(eps=0.5, norm="L2"),
+    },
     # FSR paper protocol: FGSM, PGD-20 / PGD-100 (step eps/10, no random start), C&W-Linf.
     "fsr": {
         "fgsm": dict(eps=8 / 255),
