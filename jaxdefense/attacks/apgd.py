@@ -25,6 +25,7 @@ from jaxdefense.attacks.common import (call_logits, check_budget, check_images, 
                                        keep_best, loss_and_grad)
 from jaxdefense.attacks.losses import dlr_targeted, get_loss
 from jaxdefense.attacks.norms import get_norm
+from jaxdefense.models.fast import fast
 
 
 def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +111,7 @@ def apgd(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 100, restar
     """
     _check(eps, steps, x, y, restarts, rho)
     get_loss(loss)
-    return _apgd(logits_fn, x, y, key, jnp.float32(eps), steps, restarts, loss, rho,
+    return _apgd(fast(logits_fn), x, y, key, jnp.float32(eps), steps, restarts, loss, rho,
                  eot_samples, stochastic, get_norm(norm))
 
 
@@ -147,7 +148,7 @@ def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 10
     _check(eps, steps, x, y, restarts, rho)
     if targets is not None and targets.shape != y.shape:
         raise ValueError(f"targets must have shape {y.shape}, got {targets.shape}")
-    return _apgd_t(logits_fn, x, y, key, jnp.float32(eps), steps, n_target_classes, targets,
+    return _apgd_t(fast(logits_fn), x, y, key, jnp.float32(eps), steps, n_target_classes, targets,
                    restarts, rho, eot_samples, stochastic, get_norm(norm))
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_budget, check_images, loss_and_grad, project_linf
 from jaxdefense.attacks.losses import get_loss
+from jaxdefense.models.fast import fast
 
 
 def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce"):
@@ -15,7 +16,7 @@ def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce"):
     check_budget(eps)
     check_images(x, y)
     get_loss(loss)
-    return _fgsm(logits_fn, x, y, jnp.float32(eps), loss)
+    return _fgsm(fast(logits_fn), x, y, jnp.float32(eps), loss)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "loss"))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_budget, check_images, loss_and_grad, project_linf
 from jaxdefense.attacks.losses import get_loss
+from jaxdefense.models.fast import fast
 
 
 def vmifgsm(logits_fn, x, y, key, *, eps: float = 8 / 255, step_size: float = 2 / 255,
@@ -24,7 +25,7 @@ def vmifgsm(logits_fn, x, y, key, *, eps: float = 8 / 255, step_size: float = 2 
     get_loss(loss)
     if neighbours < 1:
         raise ValueError(f"neighbours must be >= 1, got {neighbours}")
-    return _vmifgsm(logits_fn, x, y, key, jnp.float32(eps), jnp.float32(step_size), steps,
+    return _vmifgsm(fast(logits_fn), x, y, key, jnp.float32(eps), jnp.float32(step_size), steps,
                     jnp.float32(decay), neighbours, jnp.float32(beta), loss)
 
 

@@ -1,0 +1,95 @@
+"""Plain Flax convolutions and pooling computed the CPU-friendly way (models/fast.py)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdefense import attacks
+from jaxdefense.models import fast as fast_mod
+from jaxdefense.models.fast import fast, fast_layers
+
+
+class UserNet(nn.Module):
+    """Written the usual way: nn.Conv in several configurations and nn.max_pool."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))
+        x = nn.relu(nn.Conv(5, (3, 3), strides=2, padding="SAME", use_bias=False)(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Conv(6, (2, 3), padding=((1, 0), (2, 1)))(x))
+        x = nn.relu(nn.Conv(6, (3, 3), padding="VALID", strides=(1, 2))(x))
+        x = nn.avg_pool(x, (2, 2), strides=(1, 1))
+        x = nn.Conv(6, (3, 3), feature_group_count=2)(x)        # not covered: runs as written
+        x = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")   # overlapping: as written
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def _model(size=16):
+    m = UserNet()
+    x = jax.random.uniform(jax.random.key(0), (3, size, size, 2))
+    return m, m.init(jax.random.key(1), x), x
+
+
+@pytest.mark.parametrize("size", [16, 17])
+def test_same_logits_and_gradients_with_and_without(size):
+    m, params, x = _model(size)
+    f = lambda xx: m.apply(params, xx)
+    g = lambda xx: jnp.sum(jnp.sin(f(xx)))
+
+    def fast_f(xx):
+        with fast_layers():
+            return f(xx)
+
+    np.testing.assert_allclose(fast_f(x), f(x), rtol=1e-5, atol=1e-5)
+    fast_g = lambda xx: jnp.sum(jnp.sin(fast_f(xx)))
+    np.testing.assert_allclose(jax.grad(fast_g)(x), jax.grad(g)(x), rtol=1e-4, atol=1e-5)
+
+
+def test_covered_layers_leave_xla_convolution_and_the_rest_stay():
+    m, params, x = _model()
+    f = lambda xx: m.apply(params, xx)
+
+    def count(fn):
+        return str(jax.make_jaxpr(fn)(x)).count("conv_general_dilated")
+
+    def fast_f(xx):
+        with fast_layers():
+            return f(xx)
+
+    assert count(f) == 5
+    assert count(fast_f) == 1                     # only the grouped convolution is left
+    assert nn.max_pool is fast_mod._original_max_pool      # restored after the context
+
+
+def test_pool_restored_after_an_error():
+    with pytest.raises(RuntimeError):
+        with fast_layers():
+            assert nn.max_pool is fast_mod.max_pool
+            raise RuntimeError("boom")
+    assert nn.max_pool is fast_mod._original_max_pool
+
+
+def test_attacks_trace_through_fast_layers_and_keep_their_cache(monkeypatch):
+    m, params, x = _model()
+    traces = []
+
+    def f(xx):
+        traces.append(str(jax.make_jaxpr(lambda z: m.apply(params, z))(xx)).count(
+            "conv_general_dilated"))
+        return m.apply(params, xx)
+
+    y = jnp.argmax(f(x), 1)
+    traces.clear()
+    assert fast(f) == fast(f) and hash(fast(f)) == hash(fast(f)) and fast(fast(f)) == fast(f)
+    adv = attacks.pgd(f, x, y, jax.random.key(0), eps=0.1, steps=3)
+    seen = list(traces)
+    assert seen and all(c == 1 for c in seen)     # traced inside fast_layers
+    attacks.pgd(f, x, y, jax.random.key(1), eps=0.1, steps=3)
+    assert traces == seen                         # second call: no new trace
+    monkeypatch.setenv("JAXDEFENSE_FAST_LAYERS", "0")
+    assert fast(f) is f
+    plain = attacks.pgd(f, x, y, jax.random.key(0), eps=0.1, steps=3)
+    assert traces[-1] == 5
+    np.testing.assert_allclose(adv, plain, atol=1e-5)
