@@ -2,12 +2,15 @@
 
     pip install torch==2.13.0 && pip install --no-deps torchattacks && pip install scipy
     python bench/attacks_vs_torchattacks.py --data_dir=../shared/data/mnist
+    python bench/attacks_vs_torchattacks.py --norm=L2 --eps=1.5
 
 Trains a LeNet-5 on MNIST test[:8000] for two epochs with jaxdefense, copies the weights
 into the same LeNet-5 in PyTorch (logits checked equal), then times each attack on the same
 batch(es) of test[8000:] in both libraries (median of --repeats runs after a warm-up, so
-compile time is excluded) and reports the robust accuracy each reaches. torch and
-torchattacks are benchmark-only dependencies.
+compile time is excluded) and reports the robust accuracy each reaches, under the Linf or
+the L2 threat model (`--norm`). torchattacks' APGD and FAB default to 10 iterations (and its
+AutoAttack passes none); here both libraries run the reference's 100. torch and torchattacks
+are benchmark-only dependencies.
 """
 from __future__ import annotations
 
@@ -75,7 +78,9 @@ def main():
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--batches", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--norm", default="Linf", choices=["Linf", "L2"])
+    p.add_argument("--eps", type=float, default=None,
+                   help="budget in [0, 1] pixel units (default 0.1 Linf, 1.5 L2)")
     p.add_argument("--square_queries", type=int, default=1000)
     p.add_argument("--only", default=None,
                    help="comma list of name prefixes, e.g. PGD,ensemble")
@@ -99,34 +104,48 @@ def main():
     yt = torch.from_numpy(y_np.astype(np.int64))
     with torch.no_grad():
         diff = float(np.abs(net(xt).numpy() - np.asarray(f(jnp.asarray(x_np)))).max())
-    eps, B = args.eps, args.batch_size
+    norm, B = args.norm, args.batch_size
+    eps = args.eps if args.eps is not None else {"Linf": 0.1, "L2": 1.5}[norm]
     step = eps / 4
     key = jax.random.key(0)
+    q = args.square_queries
+    torch_pgd = (torchattacks.PGD(net, eps=eps, alpha=step, steps=20, random_start=True)
+                 if norm == "Linf" else
+                 torchattacks.PGDL2(net, eps=eps, alpha=step, steps=20, random_start=True))
+    # AutoAttack's standard ensemble as the reference runs it: 100-step APGD / FAB, Square
+    # with the unrescaled p schedule
+    torch_stages = [torchattacks.APGD(net, norm=norm, eps=eps, steps=100, loss="ce"),
+                    torchattacks.APGDT(net, norm=norm, eps=eps, steps=100, n_classes=10),
+                    torchattacks.FAB(net, norm=norm, eps=eps, steps=100, multi_targeted=True,
+                                     n_classes=10),
+                    torchattacks.Square(net, norm=norm, eps=eps, n_queries=q,
+                                        resc_schedule=False)]
     suite = {
-        "PGD-20": (lambda xb, yb: ja.pgd(f, xb, yb, key, eps=eps, step_size=step, steps=20),
-                   torchattacks.PGD(net, eps=eps, alpha=step, steps=20, random_start=True)),
-        "APGD-CE-100": (lambda xb, yb: ja.apgd(f, xb, yb, key, eps=eps, steps=100),
-                        torchattacks.APGD(net, eps=eps, steps=100, loss="ce")),
+        "PGD-20": (lambda xb, yb: ja.pgd(f, xb, yb, key, eps=eps, step_size=step, steps=20,
+                                         norm=norm), torch_pgd),
+        "APGD-CE-100": (lambda xb, yb: ja.apgd(f, xb, yb, key, eps=eps, steps=100, norm=norm),
+                        torch_stages[0]),
         "APGD-T-100 (9 targets)": (
-            lambda xb, yb: ja.apgd_targeted(f, xb, yb, key, eps=eps, steps=100),
-            torchattacks.APGDT(net, eps=eps, steps=100, n_classes=10)),
-        f"Square-{args.square_queries}": (
-            lambda xb, yb: ja.square(f, xb, yb, key, eps=eps, n_queries=args.square_queries),
-            torchattacks.Square(net, eps=eps, n_queries=args.square_queries)),
-        f"ensemble APGD-CE+APGD-T+Square-{args.square_queries}": (
-            lambda xb, yb: ja.autoattack(f, xb, yb, key, eps=eps, steps=100,
-                                         square_queries=args.square_queries),
-            torchattacks.MultiAttack([
-                torchattacks.APGD(net, eps=eps, steps=100, loss="ce"),
-                torchattacks.APGDT(net, eps=eps, steps=100, n_classes=10),
-                torchattacks.Square(net, eps=eps, n_queries=args.square_queries)])),
+            lambda xb, yb: ja.apgd_targeted(f, xb, yb, key, eps=eps, steps=100, norm=norm),
+            torch_stages[1]),
+        "FAB-T-100 (9 targets)": (
+            lambda xb, yb: ja.fab_targeted(f, xb, yb, key, eps=eps, steps=100, norm=norm),
+            torch_stages[2]),
+        f"Square-{q}": (
+            lambda xb, yb: ja.square(f, xb, yb, key, eps=eps, n_queries=q, norm=norm,
+                                     rescale_schedule=False), torch_stages[3]),
+        f"AutoAttack standard (Square-{q})": (
+            lambda xb, yb: ja.autoattack(f, xb, yb, key, eps=eps, steps=100, norm=norm,
+                                         square_queries=q),
+            torchattacks.MultiAttack(torch_stages)),
     }
     only = tuple(args.only.split(",")) if args.only else None
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; jax {jax.__version__} "
           f"({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), torchattacks {torchattacks.__version__}")
     print(f"LeNet-5, clean acc {np.mean(np.asarray(jnp.argmax(f(jnp.asarray(x_np)), 1)) == y_np):.4f}"
-          f" on {n} held-out images; max |logit difference| jax vs torch {diff:.2e}; eps {eps}, "
+          f" on {n} held-out images; max |logit difference| jax vs torch {diff:.2e}; {norm} eps "
+          f"{eps}, "
           f"batch {B}")
     print("| attack | jaxdefense ms/batch | torchattacks ms/batch | speed ratio (torch/jax) |"
           " jax robust acc | torch robust acc |\n|---|---|---|---|---|---|")

@@ -1,3 +1,5 @@
+import contextlib
+import importlib
 import os
 import pathlib
 
@@ -45,3 +47,19 @@ def linear_step(state, batch, key, hparams):
     value, grads = jax.value_and_grad(loss)(state.params)
     value = value * (1.0 + hparams.get("poison", 0.0))
     return state.apply_gradients(grads=grads), {"loss": value, "rows": jnp.float32(len(xb))}
+
+
+@contextlib.contextmanager
+def square_segments():
+    """Records the batch size of each segment of Square queries run inside the context."""
+    sq = importlib.import_module("jaxdefense.attacks.square")
+    sizes, real = [], sq._square_queries
+
+    def spy(f, xs, *args):
+        sizes.append(len(xs))
+        return real(f, xs, *args)
+    sq._square_queries = spy
+    try:
+        yield sizes
+    finally:
+        sq._square_queries = real

@@ -110,3 +110,22 @@ def test_l2_attacks_stay_in_ball_and_apgd_beats_pgd():
     # a larger L2 budget never helps the model
     wide = attacks.apgd(net, x, y, key, eps=2 * eps, steps=50, norm="L2")
     assert float(jnp.mean(jnp.argmax(net(wide), 1) == y)) <= acc["apgd"]
+
+
+def test_autoattack_l2_runs_the_standard_stages_within_the_ball():
+    """AutoAttack 'standard' under L2: APGD-CE, APGD-T, FAB-T, Square; cumulative robust
+    accuracy never rises and every output is inside the L2 ball and the box."""
+    w8 = jax.random.normal(jax.random.key(7), (8 * 8 * 1, 10))
+    net8 = lambda v: 3.0 * jnp.tanh(v.reshape(v.shape[0], -1) @ w8)  # L2 Square: >= 5 pixels
+    x = jax.random.uniform(jax.random.key(1), (32, 8, 8, 1))
+    y = jnp.argmax(net8(x), 1)
+    eps = 0.5
+    adv, log = attacks.autoattack(net8, x, y, jax.random.key(2), eps=eps, norm="L2", steps=10,
+                                  n_target_classes=2, square_queries=30, return_log=True)
+    assert list(log) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    values = list(log.values())
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert float(jnp.mean(jnp.argmax(net8(adv), 1) == y)) == pytest.approx(log["square"])
+    assert np.all(l2(adv - x) <= eps * (1 + 1e-5))
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert log["square"] < log["clean"]

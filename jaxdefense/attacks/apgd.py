@@ -132,8 +132,8 @@ def _apgd(logits_fn, x, y, key, eps, steps, restarts, loss, rho, eot_samples, st
 def ranked_targets(logits, n_target_classes: int):
     """[n, B]: the 2nd .. (n+1)-th most likely classes of each point (APGD-T's targets)."""
     n_classes = logits.shape[1]
-    if n_classes < 4:
-        raise ValueError("APGD-T's targeted DLR needs at least 4 classes")
+    if n_classes < 2:
+        raise ValueError(f"a targeted attack needs at least 2 classes, got {n_classes}")
     order = jnp.argsort(logits, axis=1)
     n = min(n_target_classes, n_classes - 1)
     return jnp.stack([order[:, -(j + 2)] for j in range(n)])

@@ -1,10 +1,11 @@
-"""AutoAttack-style ensemble (Croce & Hein 2020): the per-sample worst case of several
-attacks, each run only where the model is still right.
+"""AutoAttack (Croce & Hein 2020): the per-sample worst case of several attacks, each run
+only where the model is still right, under the Linf or the L2 threat model (`norm`).
 
-'standard': APGD-CE, APGD-T (9 targets), Square (5000 queries). FAB-T is not included.
+'standard' (the reference's, as RobustBench runs it): APGD-CE, APGD-T (9 targets), FAB-T
+(9 targets), Square (5000 queries, the reference's unrescaled p schedule), 100 iterations.
 'rand' (randomized defenses, logits_fn(x, key)): APGD-CE and APGD-DLR with 20 EOT draws.
 Points already fooled are dropped before the next attack, and, as in the reference, before
-each of APGD-T's target classes (the j-th most likely wrong class at the clean point): the
+each target class of APGD-T and FAB-T (the j-th most likely wrong class at the clean point): the
 robust ones are gathered into a batch whose size is the next power of two (so at most
 log2(B) shapes ever compile, not one per subset), padded by repeating a robust point.
 compact=False keeps the whole batch with masks instead. An attack is skipped once no point
@@ -18,38 +19,47 @@ import numpy as np
 
 from jaxdefense.attacks.apgd import apgd, apgd_targeted, ranked_targets
 from jaxdefense.attacks.common import call_logits, check_budget, check_images, gather_bucket
+from jaxdefense.attacks.fab import fab_targeted
+from jaxdefense.attacks.norms import get_norm
 from jaxdefense.attacks.square import square
 
 
 def components(version: str, eps: float, steps: int, n_target_classes: int,
-               square_queries: int, eot_samples: int, target_list=None):
+               square_queries: int, eot_samples: int, target_list=None, norm: str = "Linf"):
     """The (name, attack) stages of a version; each attack is `fn(logits_fn, x, y, key, rows)`
-    with `rows` the indices of x in the whole batch. APGD-T is one stage per target class
-    (target_list [n, B]: the classes, ranked at the clean point), all named 'apgd-t'."""
+    with `rows` the indices of x in the whole batch. APGD-T and FAB-T are one stage per
+    target class (target_list [n, B]: the classes, ranked at the clean point), named 'apgd-t'
+    and 'fab-t'."""
     if version == "standard":
-        targeted = [("apgd-t", lambda f, x, y, k, rows, t=t: apgd_targeted(
-            f, x, y, k, eps=eps, steps=steps, targets=t[rows])) for t in target_list]
+        apgd_t = [("apgd-t", lambda f, x, y, k, rows, t=t: apgd_targeted(
+            f, x, y, k, eps=eps, steps=steps, targets=t[rows], norm=norm)) for t in target_list]
+        fab_t = [("fab-t", lambda f, x, y, k, rows, t=t: fab_targeted(
+            f, x, y, k, eps=eps, steps=steps, targets=t[rows], norm=norm)) for t in target_list]
         return [
             ("apgd-ce", lambda f, x, y, k, rows: apgd(f, x, y, k, eps=eps, steps=steps,
-                                                       loss="ce")),
-            *targeted,
-            ("square", lambda f, x, y, k, rows: square(f, x, y, k, eps=eps,
-                                                        n_queries=square_queries)),
+                                                       loss="ce", norm=norm)),
+            *apgd_t, *fab_t,
+            ("square", lambda f, x, y, k, rows: square(f, x, y, k, eps=eps, norm=norm,
+                                                        n_queries=square_queries,
+                                                        rescale_schedule=False)),
         ]
     if version == "rand":
         return [(f"apgd-{loss}", lambda f, x, y, k, rows, loss=loss: apgd(
             f, x, y, k, eps=eps, steps=steps, loss=loss, eot_samples=eot_samples,
-            stochastic=True)) for loss in ("ce", "dlr")]
+            stochastic=True, norm=norm)) for loss in ("ce", "dlr")]
     raise ValueError(f"unknown AutoAttack version {version!r}; choose 'standard' or 'rand'")
 
 
-def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "standard",
-               steps: int = 100, n_target_classes: int = 9, square_queries: int = 5000,
-               eot_samples: int = 20, compact: bool = True, return_log: bool = False):
-    """x_adv where some attack fooled the model, else x. With return_log, also
-    {attack: robust accuracy after it} (cumulative, over this batch)."""
+def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, norm: str = "Linf",
+               version: str = "standard", steps: int = 100, n_target_classes: int = 9,
+               square_queries: int = 5000, eot_samples: int = 20, compact: bool = True,
+               return_log: bool = False):
+    """x_adv where some attack fooled the model, else x. eps: the budget in `norm` ('Linf'
+    or 'L2'; RobustBench: Linf 8/255, L2 0.5). With return_log, also {attack: robust
+    accuracy after it} (cumulative, over this batch)."""
     check_budget(eps, steps=steps)
     check_images(x, y)
+    get_norm(norm)
     stochastic = version == "rand"
     predict = jax.jit(lambda xa, k: jnp.argmax(call_logits(logits_fn, xa, k, stochastic), 1))
     robust = predict(x, key) == y
@@ -58,7 +68,7 @@ def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, version: str = "st
     targets = (ranked_targets(logits_fn(x), n_target_classes) if version == "standard"
                else None)
     stages = components(version, eps, steps, n_target_classes, square_queries, eot_samples,
-                        targets)
+                        targets, norm)
     for i, (name, attack) in enumerate(stages):
         if not bool(jnp.any(robust)):
             log[name] = 0.0

@@ -38,6 +38,9 @@ def dlr_targeted(logits, y, target):
 
     Needs at least 4 classes; maximizing it moves the prediction toward `target`.
     """
+    if logits.shape[1] < 4:
+        raise ValueError(f"the targeted DLR loss (APGD-T) needs at least 4 classes, got "
+                         f"{logits.shape[1]}")
     s = jnp.sort(logits, axis=1)
     z_y = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
     z_t = jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
