@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +46,22 @@ class TorchLeNet5(tnn.Module):
         x = tnn.functional.max_pool2d(torch.relu(self.c2(x)), 2)
         x = x.flatten(1)
         return self.f3(torch.relu(self.f2(torch.relu(self.f1(x)))))
+
+
+class PlainLeNet5(nn.Module):
+    """The same LeNet-5 (same parameter names) written the way users write Flax models:
+    nn.Conv and nn.max_pool."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = (x - 0.1307) / 0.3081
+        x = nn.max_pool(nn.relu(nn.Conv(6, (5, 5), padding="SAME", name="Conv_0")(x)),
+                        (2, 2), strides=(2, 2))
+        x = nn.max_pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="Conv_1")(x)),
+                        (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(120, name="Dense_0")(x.reshape(x.shape[0], -1)))
+        x = nn.relu(nn.Dense(84, name="Dense_1")(x))
+        return nn.Dense(10, name="head")(x)
 
 
 def copy_weights(params, net: TorchLeNet5):
@@ -82,6 +99,9 @@ def main():
     p.add_argument("--eps", type=float, default=None,
                    help="budget in [0, 1] pixel units (default 0.1 Linf, 1.5 L2)")
     p.add_argument("--square_queries", type=int, default=1000)
+    p.add_argument("--plain_flax", action="store_true",
+                   help="add PGD-20 rows on the same weights in a plain Flax LeNet-5 (nn.Conv, "
+                        "nn.max_pool), traced with and without jaxdefense's fast layers")
     p.add_argument("--only", default=None,
                    help="comma list of name prefixes, e.g. PGD,ensemble")
     args = p.parse_args()
@@ -95,7 +115,8 @@ def main():
     jmodel = jaxdefense.load(cfg.workdir)
     f = jmodel.logits_fn
     net = TorchLeNet5().eval()
-    copy_weights(jmodel_params(cfg.workdir), net)
+    params = jmodel_params(cfg.workdir)
+    copy_weights(params, net)
 
     test = data.load("mnist", "test[8000:]", args.data_dir)
     n = args.batch_size * args.batches
@@ -139,6 +160,22 @@ def main():
                                          square_queries=q),
             torchattacks.MultiAttack(torch_stages)),
     }
+    if args.plain_flax:
+        plain = PlainLeNet5()
+        # a different function object for each setting: the jit cache keys on it
+        f_fast = lambda xx: plain.apply({"params": params}, xx)
+        f_slow = lambda xx: plain.apply({"params": params}, xx)
+
+        def as_written(xb, yb):
+            os.environ["JAXDEFENSE_FAST_LAYERS"] = "0"
+            try:
+                return ja.pgd(f_slow, xb, yb, key, eps=eps, step_size=step, steps=20, norm=norm)
+            finally:
+                os.environ.pop("JAXDEFENSE_FAST_LAYERS")
+        suite["PGD-20, plain Flax LeNet-5 (fast layers, the default)"] = (
+            lambda xb, yb: ja.pgd(f_fast, xb, yb, key, eps=eps, step_size=step, steps=20,
+                                  norm=norm), torch_pgd)
+        suite["PGD-20, plain Flax LeNet-5 (JAXDEFENSE_FAST_LAYERS=0)"] = (as_written, torch_pgd)
     only = tuple(args.only.split(",")) if args.only else None
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; jax {jax.__version__} "
           f"({jax.devices()[0].platform}), torch {torch.__version__} "
