@@ -219,8 +219,9 @@ def test_linf_window_can_cover_the_whole_image():
     y = jnp.argmax(f(x), 1)
     eps = 0.1
     kw = dict(eps=eps, p_init=1.0, rescale_schedule=False)
-    start = sq.square(f, x, y, jax.random.key(2), n_queries=1, **kw)    # the start only
-    one = sq.square(f, x, y, jax.random.key(2), n_queries=2, **kw)
+    start, _ = sq._square_init(f, x, y, jax.random.key(2), jnp.float32(eps),
+                               jnp.arange(len(x)), "Linf")                # the start only
+    one = sq.square(f, x, y, jax.random.key(2), n_queries=1, **kw)      # and one query
     moved = np.any(np.asarray(one != start), axis=(1, 2, 3))
     assert moved.sum() > 0
     signs = np.sign(np.asarray(one - x))[moved]
