@@ -61,6 +61,7 @@ def test_apgd_checkpoints_match_reference_schedule():
     assert list(length[is_check]) == [22, 19, 16, 13, 10, 7, 6, 6]
 
 
+@pytest.mark.slow   # about 30 s each (AutoAttack with FAB-T at 100 steps)
 def test_apgd_at_most_pgd_on_same_budget_and_ensemble_is_worst_case():
     x, y = _data(64)
     key = jax.random.key(3)
@@ -150,6 +151,7 @@ def test_attack_errors():
         attacks.apgd_targeted(net, x, y, jax.random.key(0), targets=y[:3])
 
 
+@pytest.mark.slow   # about 30 s each (AutoAttack with FAB-T at 100 steps)
 def test_autoattack_compaction_matches_masking():
     """Gathering robust points into power-of-two buckets reaches the robust accuracy of
     masking them (random draws differ with the batch shape, so up to a few points)."""
