@@ -3,8 +3,9 @@
 `logits_fn` maps float32 NHWC images in [0, 1] to logits; it can be a bare model in eval
 mode or a whole defended pipeline. Attacks on randomized models (`eotpgd`, `stochastic=True`,
 AutoAttack 'rand') call `logits_fn(x, key)`. Every output lies in the eps-ball of the attack's
-norm (`norm="Linf"` or `"L2"`, see `norms.py`) and in [0, 1]. Each loop is one compiled `lax` loop; `logits_fn` is a static (hashed) argument, so
-reuse the same function object across calls to reuse the compiled attack.
+norm (`norm="Linf"` or `"L2"`, see `norms.py`) and in [0, 1]. Each loop is one compiled `lax`
+loop; `logits_fn` is a static (hashed) argument, so reuse the same function object across
+calls to reuse the compiled attack.
 """
 from jaxdefense.attacks.apgd import apgd, apgd_targeted
 from jaxdefense.attacks.autoattack import autoattack

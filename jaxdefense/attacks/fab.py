@@ -205,13 +205,8 @@ def _fab_run(logits_fn, x, y, target, x_start, norm, steps, alpha_max, eta, beta
 
 def random_start(key, x, eps, norm):
     """The reference's restart point: clip(x + eps / 2 * t / |t|, 0, 1), t ~ U[-1, 1]^d
-    (Linf) or N(0, I) (L2), |t| per sample."""
-    if norm.name == "Linf":
-        t = jax.random.uniform(key, x.shape, x.dtype, minval=-1.0, maxval=1.0)
-    else:
-        t = jax.random.normal(key, x.shape, x.dtype)
-    size = norm.size(t).reshape((-1,) + (1,) * (x.ndim - 1))
-    return jnp.clip(x + eps * t / size * 0.5, 0.0, 1.0)
+    (Linf) or N(0, I) (L2), |t| per sample: APGD's start at half the radius."""
+    return norm.sphere_start(key, x, 0.5 * eps)
 
 
 def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps: int = 100,
