@@ -18,12 +18,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdefense.models.common import batch_norm
+from jaxdefense.models.layers import ConvTranspose2x
+
 
 SLOPE = 0.01          # torch.nn.functional.leaky_relu's default, as the reference calls it
-
-
-def _bn(train, dtype):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)
 
 
 class Generator(nn.Module):
@@ -37,11 +36,11 @@ class Generator(nn.Module):
         h = (2.0 * x - 1.0).astype(self.dtype)
         for c in (self.base, 2 * self.base):
             h = nn.Conv(c, (4, 4), (2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(h)
-            h = nn.leaky_relu(_bn(train, self.dtype)(h), SLOPE)
-        # torch ConvTranspose2d(k=4, s=2, p=1) == flax ConvTranspose with padding 2 per side
-        up = lambda c, name=None: nn.ConvTranspose(c, (4, 4), (2, 2), padding=((2, 2), (2, 2)),
-                                                   dtype=self.dtype, name=name)
-        h = nn.leaky_relu(_bn(train, self.dtype)(up(self.base)(h)), SLOPE)
+            h = nn.leaky_relu(batch_norm(train, self.dtype)(h), SLOPE)
+        # torch ConvTranspose2d(k=4, s=2, p=1) == flax ConvTranspose k4 s2 'SAME' (2 per side)
+        up = lambda c, name: ConvTranspose2x(c, dtype=self.dtype, name=name)
+        h = nn.leaky_relu(batch_norm(train, self.dtype)(up(self.base, "ConvTranspose_0")(h)),
+                          SLOPE)
         h = jnp.tanh(up(x.shape[-1], "out")(h))
         return ((h.astype(jnp.float32) + 1.0) / 2.0)
 
@@ -56,6 +55,6 @@ class Discriminator(nn.Module):
         for i, c in enumerate((self.base, 2 * self.base, 4 * self.base)):
             h = nn.Conv(c, (3, 3), (2, 2), padding="VALID", dtype=self.dtype)(h)
             if i:
-                h = _bn(train, self.dtype)(h)
+                h = batch_norm(train, self.dtype)(h)
             h = nn.leaky_relu(h, SLOPE)
         return nn.Dense(1, dtype=self.dtype)(h.reshape(len(x), -1))[:, 0].astype(jnp.float32)

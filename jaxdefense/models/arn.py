@@ -10,9 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-
-def _bn(train, dtype):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)
+from jaxdefense.models.common import batch_norm
 
 
 def _check_size(h, w):
@@ -34,7 +32,7 @@ class Encoder(nn.Module):
         k2 = 2 if x.shape[1] == 28 else 4
         for c, k in ((self.base, 4), (2 * self.base, k2), (4 * self.base, 4), (8 * self.base, 4)):
             h = nn.Conv(c, (k, k), (2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(h)
-            h = nn.leaky_relu(_bn(train, self.dtype)(h), 0.2)
+            h = nn.leaky_relu(batch_norm(train, self.dtype)(h), 0.2)
         head = lambda name: nn.Conv(self.z_dim, (4, 4), (2, 2), padding=((1, 1), (1, 1)),
                                     dtype=self.dtype, name=name)(h)
         mu, logvar = head("mu"), head("logvar")
@@ -60,7 +58,7 @@ class Decoder(nn.Module):
                                                          padding=((k - 2, k - 2),) * 2,
                                                          dtype=self.dtype, name=name)
         for c, k in ((8 * self.base, 4), (4 * self.base, 4), (2 * self.base, 4), (self.base, k2)):
-            h = nn.leaky_relu(_bn(train, self.dtype)(convt(c, k)(h)), 0.2)
+            h = nn.leaky_relu(batch_norm(train, self.dtype)(convt(c, k)(h)), 0.2)
         out = jnp.tanh(convt(self.channels, 4, "out")(h).astype(jnp.float32))
         return (out + 1.0) / 2.0
 

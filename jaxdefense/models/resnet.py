@@ -6,11 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdefense.models.common import normalize
-
-
-def batch_norm(train: bool, dtype):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+from jaxdefense.models.common import batch_norm, normalize
 
 
 class BasicBlock(nn.Module):

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdefense.models.common import normalize
+from jaxdefense.models.common import batch_norm, normalize
 
 
 class ConvBNReLU(nn.Module):
@@ -19,8 +19,7 @@ class ConvBNReLU(nn.Module):
     def __call__(self, x, train: bool):
         x = nn.Conv(self.features, (3, 3), (self.stride, self.stride), padding="SAME",
                     use_bias=False, dtype=self.dtype)(x)
-        return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                    dtype=self.dtype)(x))
+        return nn.relu(batch_norm(train, self.dtype)(x))
 
 
 class UNet(nn.Module):
@@ -64,8 +63,8 @@ class FeatureRestorer(nn.Module):
     @nn.compact
     def __call__(self, e, train: bool = False):
         d = e.shape[-1]
-        dense_bn = lambda n, t: nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                                     dtype=self.dtype)(nn.Dense(n, dtype=self.dtype)(t)))
+        dense_bn = lambda n, t: nn.relu(batch_norm(train, self.dtype)(
+            nn.Dense(n, dtype=self.dtype)(t)))
         h, skips = e.astype(self.dtype), []
         for i in range(1, self.depth + 1):
             skips.append(h)

@@ -12,11 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdefense.models.common import normalize
-
-
-def _bn(train, dtype):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype)
+from jaxdefense.models.common import batch_norm, normalize
+from jaxdefense.models.layers import ConvTranspose2x
 
 
 class ResBlock(nn.Module):
@@ -27,7 +24,7 @@ class ResBlock(nn.Module):
     def __call__(self, x, train: bool):
         c = x.shape[-1]
         y = nn.Conv(c, (3, 3), padding="SAME", dtype=self.dtype)(nn.leaky_relu(x, 0.01))
-        y = _bn(train, self.dtype)(y)
+        y = batch_norm(train, self.dtype)(y)
         y = nn.Conv(c, (1, 1), dtype=self.dtype)(nn.leaky_relu(y, 0.01))
         return x + y
 
@@ -42,21 +39,22 @@ class ConvEncoder(nn.Module):
         for c in (self.base, 2 * self.base):
             x = nn.Conv(c, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False,
                         dtype=self.dtype)(x)
-            x = nn.leaky_relu(_bn(train, self.dtype)(x), 0.2)
+            x = nn.leaky_relu(batch_norm(train, self.dtype)(x), 0.2)
         return x
 
 
 class ConvDecoder(nn.Module):
+    """Two 4x4 stride-2 transposed convs (base, then channels), BN LeakyReLU(0.2) between."""
     base: int
     channels: int
     dtype: Any = jnp.float32
+    impl: str = "auto"          # ConvTranspose2x: 'auto', 'subpixel' or 'xla'
 
     @nn.compact
     def __call__(self, h, train):
-        h = nn.ConvTranspose(self.base, (4, 4), (2, 2), padding="SAME", dtype=self.dtype)(h)
-        h = nn.leaky_relu(_bn(train, self.dtype)(h), 0.2)
-        return nn.ConvTranspose(self.channels, (4, 4), (2, 2), padding="SAME",
-                                dtype=self.dtype)(h)
+        up = lambda c, i: ConvTranspose2x(c, self.impl, self.dtype, name=f"ConvTranspose_{i}")
+        h = nn.leaky_relu(batch_norm(train, self.dtype)(up(self.base, 0)(h)), 0.2)
+        return up(self.channels, 1)(h)
 
 
 class ResidualEncoder(nn.Module):
@@ -70,26 +68,27 @@ class ResidualEncoder(nn.Module):
         for c in (self.base, 2 * self.base):
             x = nn.Conv(c, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False,
                         dtype=self.dtype)(x)
-            x = nn.relu(_bn(train, self.dtype)(x))
+            x = nn.relu(batch_norm(train, self.dtype)(x))
         x = ResBlock(self.dtype)(x, train)
-        x = _bn(train, self.dtype)(x)
+        x = batch_norm(train, self.dtype)(x)
         return ResBlock(self.dtype)(x, train)
 
 
 class ResidualDecoder(nn.Module):
+    """(ResBlock, BN) x 2, then transposed convs as ConvDecoder with LeakyReLU(0.01)."""
     base: int
     channels: int
     dtype: Any = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, h, train):
         for _ in range(2):
             h = ResBlock(self.dtype)(h, train)
-            h = _bn(train, self.dtype)(h)
-        h = nn.ConvTranspose(self.base, (4, 4), (2, 2), padding="SAME", dtype=self.dtype)(h)
-        h = nn.leaky_relu(_bn(train, self.dtype)(h), 0.01)
-        return nn.ConvTranspose(self.channels, (4, 4), (2, 2), padding="SAME",
-                                dtype=self.dtype)(h)
+            h = batch_norm(train, self.dtype)(h)
+        up = lambda c, i: ConvTranspose2x(c, self.impl, self.dtype, name=f"ConvTranspose_{i}")
+        h = nn.leaky_relu(batch_norm(train, self.dtype)(up(self.base, 0)(h)), 0.01)
+        return up(self.channels, 1)(h)
 
 
 class LVCVAE(nn.Module):
@@ -98,7 +97,8 @@ class LVCVAE(nn.Module):
     kind: 'conv' (MNIST, z 256, base 32) or 'residual' (CIFAR, z 2048, base 16). Image
     height and width must be divisible by 4. In training z = mu + exp(logvar / 2) * n with n
     from the 'sample' rng; in evaluation z = mu, so G is deterministic. rectifier=False
-    drops the head (CD-VAE); logits_z is then None.
+    drops the head (CD-VAE); logits_z is then None. transpose_impl: how the decoder's
+    transposed convolutions compute ('auto': sub-pixel on CPU, XLA's elsewhere; same params).
     """
     num_classes: int
     z_dim: int = 256
@@ -108,6 +108,7 @@ class LVCVAE(nn.Module):
     std: Sequence[float] = (0.3081,)
     dtype: Any = jnp.float32
     rectifier: bool = True
+    transpose_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -131,8 +132,9 @@ class LVCVAE(nn.Module):
         dec_c = 2 * self.base
         hid = nn.Dense((h // 4) * (w // 4) * dec_c, dtype=self.dtype, name="project")(z)
         hid = hid.reshape(-1, h // 4, w // 4, dec_c)
-        recon = jnp.tanh(dec(self.base, c, self.dtype, name="decoder")(hid, train))
-        recon = _bn(train, self.dtype)(recon).astype(jnp.float32)   # normalized units
+        decoder = dec(self.base, c, self.dtype, self.transpose_impl, name="decoder")
+        recon = jnp.tanh(decoder(hid, train))
+        recon = batch_norm(train, self.dtype)(recon).astype(jnp.float32)   # normalized units
         x_u = recon * jnp.asarray(self.std) + jnp.asarray(self.mean)  # pixel units
         logits_z = (nn.Dense(self.num_classes, dtype=self.dtype, name="rectifier")(z)
                     .astype(jnp.float32) if self.rectifier else None)

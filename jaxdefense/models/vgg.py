@@ -7,8 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdefense.models.layers import max_pool_2x2
-from jaxdefense.models.common import normalize
-from jaxdefense.models.resnet import batch_norm
+from jaxdefense.models.common import batch_norm, normalize
 
 # Five conv blocks (channels of each 3x3 conv), each followed by 2x2 max pooling.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))

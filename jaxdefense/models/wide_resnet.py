@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdefense.models.common import normalize
+from jaxdefense.models.common import batch_norm, normalize
 
 
 class WideBlock(nn.Module):
@@ -17,7 +17,7 @@ class WideBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)
+        bn = lambda: batch_norm(train, self.dtype)
         conv = lambda c, k, s: nn.Conv(c, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
                                        use_bias=False, dtype=self.dtype)
         out = nn.relu(bn()(x))
@@ -58,8 +58,7 @@ class WideResNet(nn.Module):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
                 x = WideBlock(c, stride, self.dropout, self.dtype)(x, train)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                 dtype=self.dtype)(x))
+        x = nn.relu(batch_norm(train, self.dtype)(x))
         if self.feature_hook is not None:
             x = self.feature_hook(x, train)
         x = jnp.mean(x, axis=(1, 2))

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from jaxdefense.models.common import batch_norm
+
 INFERENCE_FEATURES = ("full", "robust", "non_robust", "recalibrated")
 
 
@@ -38,8 +40,7 @@ class ConvStack(nn.Module):
     def __call__(self, x, train: bool):
         for _ in range(2):
             x = nn.Conv(self.hidden, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
-            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                     dtype=self.dtype)(x))
+            x = nn.relu(batch_norm(train, self.dtype)(x))
         return nn.Conv(self.out, (3, 3), padding="SAME", dtype=self.dtype)(x)
 
 
