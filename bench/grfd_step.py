@@ -2,6 +2,7 @@
 
     python bench/grfd_step.py --dataset=mnist --steps=10
     python bench/grfd_step.py --dataset=mnist --steps=5 --ks=1,4 --torch
+    python bench/grfd_step.py --dataset=mnist --steps=5 --ks=1,4 --variants=3
 
 Prints a markdown table: per configuration the median step time (ms) over --steps timed
 steps after one compile+warm-up step, images/s, and XLA's temporary buffer size for the step
@@ -15,10 +16,10 @@ the largest K and for L_rb alone (delta 1, the other weights 0, noise 1.0 in nor
 units, so that the cosines are well below 1):
   * the relative difference of each loss term's batch mean, jax vs torch;
   * the gradient of the step, jax and torch (float32) each against the port run in float64
-    (worst tensor's max|difference| / max|reference|). Reported, not asserted: on this
-    batch JAX's float32 VAE gradients are further from the float64 values than torch's
-    (flax BatchNorm's one-pass variance; L_rb's input gradients are piecewise constant in
-    x_r, so rounding differences of x_r move them);
+    (worst tensor's max|difference| / max|reference|). Reported, not asserted (L_rb's
+    input gradients are piecewise constant in x_r, so rounding differences of x_r move
+    them; before the models' BatchNorm computed the variance in two passes, JAX's float32
+    VAE gradients were 3.4e-2 from float64 here);
   * L_rb alone on one x_r fed to both: per-sample values and gradients with respect to x_r,
     and the RSM parameter gradient (the second-order part), jax vs torch.
 It stops if a loss term differs by more than 1e-3, or more than 5% of the samples' L_rb or
@@ -71,9 +72,10 @@ def median_ms(run, steps: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def time_step(cfg, steps: int) -> dict:
+def time_step(cfg, steps: int, **models) -> dict:
+    """Median ms of the phase-I step (models: make_generator_step's vae / rsm variants)."""
     state, batch, hp = setup(cfg)
-    step = jax.jit(grfd.make_generator_step(cfg), donate_argnums=(0,))
+    step = jax.jit(grfd.make_generator_step(cfg, **models), donate_argnums=(0,))
     compiled = step.lower(state, batch, jax.random.key(2), hp).compile()
     mem = compiled.memory_analysis()
     temp_mib = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20 if mem is not None else float("nan")
@@ -97,6 +99,33 @@ def timing_table(dataset: str, rows, steps: int) -> None:
         share = "" if name.startswith("no") else f" ({100 * (1 - base / r['ms']):.0f}% in L_rb)"
         print(f"| {name} | {r['ms']:.0f}{share} | {r['img_s']:.0f} | {r['temp_mib']:.0f} |",
               flush=True)
+
+
+VARIANTS = {  # name -> (LVCVAE transpose_impl, LeNet-5 RSM conv_impl)
+    "transposed xla, RSM im2col": ("xla", "im2col"),
+    "transposed subpixel, RSM im2col": ("subpixel", "im2col"),
+    "transposed xla, RSM xla": ("xla", "xla"),
+    "transposed subpixel, RSM xla": ("subpixel", "xla"),
+}
+
+
+def variant_table(dataset: str, rows, steps: int, rounds: int) -> None:
+    """Each layer formulation of the same step, interleaved over `rounds` (a slow spell of
+    the machine then hits every variant); the median of the rounds' medians, and the
+    range."""
+    times = {(r, v): [] for r, _ in rows for v in VARIANTS}
+    for _ in range(rounds):
+        for name, cfg in rows:
+            for v, (transpose, conv) in VARIANTS.items():
+                models = dict(vae=grfd.make_vae(cfg).clone(transpose_impl=transpose),
+                              rsm=grfd.make_classifier(cfg).clone(conv_impl=conv))
+                times[name, v].append(time_step(cfg, steps, **models)["ms"])
+    print(f"| {dataset} preset, batch {rows[0][1].batch_size} | "
+          + " | ".join(VARIANTS) + " |\n|---|" + "---|" * len(VARIANTS))
+    for name, _ in rows:
+        cells = [times[name, v] for v in VARIANTS]
+        print(f"| {name} | " + " | ".join(
+            f"{statistics.median(t):.0f} ({min(t):.0f}-{max(t):.0f})" for t in cells) + " |")
 
 
 class _SampleNoise(nn.Module):
@@ -267,6 +296,9 @@ def main():
                    help="check against a PyTorch port of the step, then time both")
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the preset's batch size (quick runs)")
+    p.add_argument("--variants", type=int, default=0, metavar="ROUNDS",
+                   help="time the layer formulations (transposed conv, RSM conv) of the same "
+                        "step against each other, interleaved over ROUNDS rounds")
     args = p.parse_args()
     over = {} if args.batch_size is None else {"batch_size": args.batch_size}
     rows = [("no L_rb (delta=0)", preset(args.dataset, delta=0.0, **over))]
@@ -274,7 +306,9 @@ def main():
              map(int, args.ks.split(","))]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), jax {jax.__version__}")
-    if args.torch:
+    if args.variants:
+        variant_table(args.dataset, rows, args.steps, args.variants)
+    elif args.torch:
         torch_comparison(args.dataset, rows, args.steps)
     else:
         timing_table(args.dataset, rows, args.steps)

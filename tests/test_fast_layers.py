@@ -64,6 +64,26 @@ def test_covered_layers_leave_xla_convolution_and_the_rest_stay():
     assert nn.max_pool is fast_mod._original_max_pool      # restored after the context
 
 
+def test_lenet_auto_conv_is_im2col_only_inside_fast_layers():
+    """The project's LeNet-5 trains with XLA's convolution (faster parameter gradients on
+    XLA:CPU) and is attacked with im2col; the logits agree either way."""
+    from jaxdefense.models import LeNet5
+    m = LeNet5(width=0.5)
+    x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+    v = m.init(jax.random.key(1), x)
+    f = lambda xx: m.apply(v, xx)
+
+    def fast_f(xx):
+        with fast_layers():
+            return f(xx)
+    count = lambda fn: str(jax.make_jaxpr(fn)(x)).count("conv_general_dilated")
+    assert count(f) == 2 and count(fast_f) == 0
+    assert count(lambda xx: LeNet5(width=0.5, conv_impl="im2col").apply(v, xx)) == 0
+    np.testing.assert_allclose(fast_f(x), f(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="conv impl"):
+        LeNet5(width=0.5, conv_impl="fft").apply(v, x)
+
+
 def test_pool_restored_after_an_error():
     with pytest.raises(RuntimeError):
         with fast_layers():

@@ -11,7 +11,9 @@ in which, while a function is traced:
 - `flax.linen.max_pool` with non-overlapping windows (window == strides, 'VALID') is a
   reshape-max (the attribute is swapped for the duration of the context, so calls written
   `nn.max_pool(...)` are covered; a name imported before with `from flax.linen import
-  max_pool` is not).
+  max_pool` is not);
+- the project's `layers.Conv(impl='auto')` computes with im2col (outside, XLA's convolution,
+  which is faster for training's parameter gradients).
 Everything else runs as written. Results equal the original up to float summation order.
 
 The attacks trace a model through `fast(logits_fn)` when the default backend is the CPU
@@ -25,37 +27,12 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from flax.linen import dtypes as flax_dtypes
 
+from jaxdefense.models import layers
+from jaxdefense.models.layers import conv_windows
+
 _original_max_pool = nn.max_pool
-
-
-def _pads(size, k, stride, padding):
-    """(low, high) padding of one spatial axis, as XLA resolves 'SAME' / 'VALID'."""
-    if padding == "VALID":
-        return 0, 0
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    return total // 2, total - total // 2
-
-
-def conv_windows(x, kernel, strides=(1, 1), padding="SAME"):
-    """NHWC convolution with an HWIO kernel as one einsum over the kh * kw shifted windows.
-
-    padding: 'SAME', 'VALID' or ((low, high), (low, high)); strides: (sh, sw)."""
-    kh, kw, cin, cout = kernel.shape
-    sh, sw = strides
-    if isinstance(padding, str):
-        pads = (_pads(x.shape[1], kh, sh, padding), _pads(x.shape[2], kw, sw, padding))
-    else:
-        pads = tuple(tuple(p) for p in padding)
-    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    h = (x.shape[1] - kh) // sh + 1
-    w = (x.shape[2] - kw) // sw + 1
-    cols = jnp.stack([x[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :]
-                      for i in range(kh) for j in range(kw)], axis=3)
-    return jnp.einsum("bhwpc,pco->bhwo", cols, kernel.reshape(kh * kw, cin, cout))
 
 
 def _pair(v, default):
@@ -122,13 +99,16 @@ def max_pool(inputs, window_shape, strides=None, padding="VALID"):
 
 @contextlib.contextmanager
 def fast_layers():
-    """While active, plain `nn.Conv` and `nn.max_pool` compute as described above."""
+    """While active, plain `nn.Conv` and `nn.max_pool` compute as described above, and the
+    project's own `layers.Conv(impl='auto')` (LeNet-5) uses im2col."""
+    token = layers._im2col_auto.set(True)
     with nn.intercept_methods(_interceptor):
         nn.max_pool = max_pool
         try:
             yield
         finally:
             nn.max_pool = _original_max_pool
+            layers._im2col_auto.reset(token)
 
 
 def enabled() -> bool:

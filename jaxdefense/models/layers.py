@@ -4,10 +4,14 @@ On XLA:CPU a small convolution and the gradient of `max_pool` (select-and-scatte
 an attack step on LeNet-5. `Conv` can compute a convolution as one einsum over stacked
 shifted windows (im2col) and `max_pool_2x2` as a reshape-max, which XLA:CPU fuses well:
 a PGD-20 step on LeNet-5 drops from about 28 ms to 13 ms per batch of 128 on 2 cores
-(BENCHMARKS.md). Results equal the XLA convolution up to float summation order.
+(BENCHMARKS.md). For parameter gradients (training) XLA's convolution is the faster one, so
+`Conv(impl='auto')` uses im2col only while an attack traces it (`fast.fast_layers`).
+`ConvTranspose2x` computes a k4 s2 transposed convolution as a stride-1 convolution and
+depth-to-space. Results equal the XLA operations up to float summation order.
 """
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import flax.linen as nn
@@ -15,20 +19,42 @@ import jax
 import jax.numpy as jnp
 
 
-def conv_im2col(x, kernel, padding: str):
-    """Stride-1 NHWC convolution as an einsum over the kh*kw shifted windows."""
+def _pads(size, k, stride, padding):
+    """(low, high) padding of one spatial axis, as XLA resolves 'SAME' / 'VALID'."""
+    if padding == "VALID":
+        return 0, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_windows(x, kernel, strides=(1, 1), padding="SAME"):
+    """NHWC convolution with an HWIO kernel as one einsum over the kh * kw shifted windows
+    (im2col). padding: 'SAME', 'VALID' or ((low, high), (low, high)); strides: (sh, sw)."""
     kh, kw, cin, cout = kernel.shape
-    if padding == "SAME":
-        x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-    h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-    cols = jnp.stack([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=3)
+    sh, sw = strides
+    if isinstance(padding, str):
+        pads = (_pads(x.shape[1], kh, sh, padding), _pads(x.shape[2], kw, sw, padding))
+    else:
+        pads = tuple(tuple(p) for p in padding)
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    h = (x.shape[1] - kh) // sh + 1
+    w = (x.shape[2] - kw) // sw + 1
+    cols = jnp.stack([x[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :]
+                      for i in range(kh) for j in range(kw)], axis=3)
     return jnp.einsum("bhwpc,pco->bhwo", cols, kernel.reshape(kh * kw, cin, cout))
 
 
+# Set by `fast.fast_layers()`, i.e. while an attack traces a model on the CPU backend.
+_im2col_auto = contextvars.ContextVar("jaxdefense_im2col_auto", default=False)
+
+
 def resolve_impl(impl: str) -> str:
-    """'auto' -> 'im2col' on CPU, 'xla' elsewhere (cuDNN / TPU convolutions are faster)."""
+    """'auto' -> 'im2col' while an attack traces the model on CPU (`fast.fast_layers`),
+    'xla' otherwise: im2col wins for input gradients on XLA:CPU, XLA's convolution for
+    parameter gradients (training steps, GRFD's second-order L_rb) and on GPU / TPU."""
     if impl == "auto":
-        return "im2col" if jax.default_backend() == "cpu" else "xla"
+        return "im2col" if _im2col_auto.get() else "xla"
     if impl not in ("xla", "im2col"):
         raise ValueError(f"conv impl must be auto, xla or im2col, got {impl!r}")
     return impl
@@ -51,7 +77,7 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
         if resolve_impl(self.impl) == "im2col":
-            y = conv_im2col(x, kernel, self.padding)
+            y = conv_windows(x, kernel, (1, 1), self.padding)
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -99,9 +99,13 @@ def robustness_loss(rsm, rsm_vars, x_clean, x_r, y, key, samples: int, noise_std
     return -jnp.mean(cos, axis=0)
 
 
-def make_generator_step(cfg: GRFDConfig):
-    """Phase I: `step(state, (x, y), key, hparams) -> (state, metrics)`; hparams['alpha']."""
-    vae, rsm = make_vae(cfg), make_classifier(cfg)
+def make_generator_step(cfg: GRFDConfig, vae=None, rsm=None):
+    """Phase I: `step(state, (x, y), key, hparams) -> (state, metrics)`; hparams['alpha'].
+
+    vae, rsm: the built modules (default `make_vae(cfg)`, `make_classifier(cfg)`); any
+    variant with the same parameters (e.g. another conv_impl) computes the same step."""
+    vae = make_vae(cfg) if vae is None else vae
+    rsm = make_classifier(cfg) if rsm is None else rsm
     noise_std = cfg.rb_noise * jnp.asarray(dataset_info(cfg.dataset)["std"])
 
     def loss_fn(params, batch_stats, x, y, key, alpha):
