@@ -47,6 +47,7 @@ import optax
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import preset
+from jaxdefense.training import classifier_step, init_classifier_state, make_optimizer
 
 TERMS = ("l_rc", "l_kl", "l_rf", "l_cl", "l_rb", "loss")
 TOLERANCE = 1e-3         # loss terms (batch means), relative
@@ -126,6 +127,29 @@ def variant_table(dataset: str, rows, steps: int, rounds: int) -> None:
         cells = [times[name, v] for v in VARIANTS]
         print(f"| {name} | " + " | ".join(
             f"{statistics.median(t):.0f} ({min(t):.0f}-{max(t):.0f})" for t in cells) + " |")
+    cfg, target = rows[0][1], {}
+    for _ in range(rounds):      # phase III: the target's plain training step on x_r
+        for conv in ("im2col", "xla"):
+            target.setdefault(conv, []).append(
+                time_target_step(cfg, grfd.make_classifier(cfg).clone(conv_impl=conv), steps))
+    print("\nphase III step (target on x_r), ms: " + ", ".join(
+        f"RSM {conv} {statistics.median(t):.0f} ({min(t):.0f}-{max(t):.0f})"
+        for conv, t in target.items()))
+
+
+def time_target_step(cfg, model, steps: int) -> float:
+    """Median ms of `classifier_step(model)` (phase III) on the timing batch."""
+    state = init_classifier_state(model, dataset_info(cfg.dataset)["shape"],
+                                  make_optimizer(cfg, 100), jax.random.key(0))
+    _, batch, _ = setup(cfg)
+    step = jax.jit(classifier_step(model), donate_argnums=(0,))
+    keys = iter(list(jax.random.split(jax.random.key(3), steps + 1)))
+
+    def run():
+        nonlocal state
+        state, m = step(state, batch, next(keys), {})
+        jax.block_until_ready(m)
+    return median_ms(run, steps)
 
 
 class _SampleNoise(nn.Module):
