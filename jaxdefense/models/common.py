@@ -20,7 +20,7 @@ def batch_norm(train: bool, dtype=jnp.float32):
     """The project's BatchNorm (momentum 0.9 = PyTorch's 0.1, eps 1e-5), with the batch
     variance computed in two passes, E[(x - mean)^2]. Flax's default one-pass E[x^2] - mean^2
     cancels catastrophically in float32 when |mean| >> std: the GRFD VAE's gradients then
-    differed from a float64 reference by up to 3.4e-2 (PyTorch's by 3.5e-4; docs/numerics.md)."""
+    differed from a float64 reference by up to 3.4e-2 (PyTorch's by 3.5e-4; docs/grfd.md, BENCHMARKS.md)."""
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                         use_fast_variance=False, dtype=dtype)
 

@@ -30,7 +30,6 @@ import jax
 from flax.linen import dtypes as flax_dtypes
 
 from jaxdefense.models import layers
-from jaxdefense.models.layers import conv_windows
 
 _original_max_pool = nn.max_pool
 
@@ -69,7 +68,7 @@ def _fast_conv(mod, x):
     kernel = mod.get_variable("params", "kernel")
     bias = mod.get_variable("params", "bias") if mod.use_bias else None
     x, kernel, bias = flax_dtypes.promote_dtype(x, kernel, bias, dtype=mod.dtype)
-    y = conv_windows(x, kernel, _pair(mod.strides, (1, 1)), padding)
+    y = layers.conv_windows(x, kernel, _pair(mod.strides, (1, 1)), padding)
     return y if bias is None else y + bias
 
 

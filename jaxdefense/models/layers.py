@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _pads(size, k, stride, padding):
@@ -95,8 +96,11 @@ def max_pool_2x2(x):
 # (window rows 0, 1, 2) through kernel taps: parity 0 -> {row 0: tap 0, row 1: tap 2},
 # parity 1 -> {row 1: tap 1, row 2: tap 3} (lax.conv_transpose pads the 2x-dilated input by
 # 2 on each side and correlates without flipping).
-_SUBPIXEL_TAPS = jnp.zeros((2, 3, 4)).at[0, 0, 0].set(1).at[0, 1, 2].set(1) \
-    .at[1, 1, 1].set(1).at[1, 2, 3].set(1)
+# A numpy constant: a jnp array here would start the JAX backend at import (before a user's
+# jax.distributed.initialize).
+_SUBPIXEL_TAPS = np.zeros((2, 3, 4), np.float32)
+_SUBPIXEL_TAPS[0, 0, 0] = _SUBPIXEL_TAPS[0, 1, 2] = _SUBPIXEL_TAPS[1, 1, 1] = \
+    _SUBPIXEL_TAPS[1, 2, 3] = 1.0
 
 
 def conv_transpose_subpixel(x, kernel):
@@ -106,7 +110,7 @@ def conv_transpose_subpixel(x, kernel):
     its gradients avoid the dilated-convolution kernel gradient that is slow on XLA:CPU."""
     b, h, w, cin = x.shape
     cout = kernel.shape[-1]
-    taps = _SUBPIXEL_TAPS.astype(kernel.dtype)
+    taps = jnp.asarray(_SUBPIXEL_TAPS, kernel.dtype)
     sub = jnp.einsum("prt,qcs,tsio->rcipqo", taps, taps, kernel).reshape(3, 3, cin, 4 * cout)
     y = jax.lax.conv_general_dilated(x, sub, (1, 1), "SAME",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -43,6 +43,15 @@ class ConvEncoder(nn.Module):
         return x
 
 
+def _upsample_twice(h, base, channels, slope, impl, dtype, train):
+    """Both decoders' tail, inside the calling module (names ConvTranspose_0, BatchNorm_k,
+    ConvTranspose_1): transposed conv to `base`, BN, LeakyReLU(slope), transposed conv to
+    `channels`; each 4x4 stride 2."""
+    up = lambda c, i: ConvTranspose2x(c, impl, dtype, name=f"ConvTranspose_{i}")
+    h = nn.leaky_relu(batch_norm(train, dtype)(up(base, 0)(h)), slope)
+    return up(channels, 1)(h)
+
+
 class ConvDecoder(nn.Module):
     """Two 4x4 stride-2 transposed convs (base, then channels), BN LeakyReLU(0.2) between."""
     base: int
@@ -52,9 +61,7 @@ class ConvDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, h, train):
-        up = lambda c, i: ConvTranspose2x(c, self.impl, self.dtype, name=f"ConvTranspose_{i}")
-        h = nn.leaky_relu(batch_norm(train, self.dtype)(up(self.base, 0)(h)), 0.2)
-        return up(self.channels, 1)(h)
+        return _upsample_twice(h, self.base, self.channels, 0.2, self.impl, self.dtype, train)
 
 
 class ResidualEncoder(nn.Module):
@@ -86,9 +93,7 @@ class ResidualDecoder(nn.Module):
         for _ in range(2):
             h = ResBlock(self.dtype)(h, train)
             h = batch_norm(train, self.dtype)(h)
-        up = lambda c, i: ConvTranspose2x(c, self.impl, self.dtype, name=f"ConvTranspose_{i}")
-        h = nn.leaky_relu(batch_norm(train, self.dtype)(up(self.base, 0)(h)), 0.01)
-        return up(self.channels, 1)(h)
+        return _upsample_twice(h, self.base, self.channels, 0.01, self.impl, self.dtype, train)
 
 
 class LVCVAE(nn.Module):
