@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from jaxdefense import attacks
 from jaxdefense.attacks.apgd import checkpoint_schedule
+from jaxdefense.attacks.common import bucket_size
 from tests.conftest import square_segments
 
 W = jax.random.normal(jax.random.key(0), (4 * 4 * 1, 10))
@@ -153,10 +154,8 @@ def test_attack_errors():
 
 @pytest.mark.slow   # about 30 s each (AutoAttack with FAB-T at 100 steps)
 def test_autoattack_compaction_matches_masking():
-    """Gathering robust points into power-of-two buckets reaches the robust accuracy of
-    masking them (random draws differ with the batch shape, so up to a few points)."""
-    from jaxdefense.attacks.common import bucket_size
-    assert [bucket_size(n, 64) for n in (1, 3, 8, 9, 64)] == [1, 4, 8, 16, 64]
+    """Gathering robust points into buckets reaches the robust accuracy of masking them
+    (random draws differ with the batch shape, so up to a few points)."""
     x, y = _data(64)
     key = jax.random.key(4)
     adv_c, log_c = attacks.autoattack(net, x, y, key, eps=0.1, steps=20, square_queries=100,
@@ -168,12 +167,66 @@ def test_autoattack_compaction_matches_masking():
     assert abs(log_c["square"] - log_m["square"]) <= 4 / 64
 
 
+def test_bucket_sizes():
+    from jaxdefense.attacks.common import gather_bucket
+    ns = (1, 3, 5, 8, 9, 13, 25, 33, 48, 49, 64)
+    assert [bucket_size(n, 64) for n in ns] == [1, 3, 6, 8, 12, 16, 32, 48, 48, 64, 64]
+    assert [bucket_size(n, 64, "pow2") for n in ns] == [1, 4, 8, 8, 16, 16, 32, 64, 64, 64, 64]
+    assert bucket_size(70, 100) == 96 and bucket_size(97, 100) == 100
+    for kind, most in (("fine", 2 * 7), ("pow2", 7 + 1)):       # 2 log2(B) / log2(B) + 1
+        sizes = [bucket_size(n, 128, kind) for n in range(1, 129)]
+        assert len(set(sizes)) <= most
+        assert all(n <= s for n, s in zip(range(1, 129), sizes))
+        assert max(s / n for n, s in zip(range(1, 129), sizes) if n > 2) <= (
+            1.5 if kind == "fine" else 2.0)
+    np.testing.assert_array_equal(gather_bucket(np.array([5, 9, 2, 7, 1]), 64),
+                                  [5, 9, 2, 7, 1, 5])
+    with pytest.raises(ValueError, match="buckets"):
+        bucket_size(3, 8, "exact")
+
+
+def test_targeted_attacks_drop_fooled_points_between_targets(monkeypatch):
+    """Called outside jit, APGD-T and FAB-T attack one target class at a time, only the
+    points still robust (misclassified or already fooled ones dropped, as the reference),
+    and reach the robust accuracy of the one-loop version (buckets=None) within a point or
+    two (random starts differ with the batch shape)."""
+    import importlib
+    calls = []
+    for name, inner in (("apgd", "_apgd_t"), ("fab", "_fab_t")):
+        mod = importlib.import_module(f"jaxdefense.attacks.{name}")
+        real = getattr(mod, inner)
+
+        def spy(*a, real=real, name=name):
+            calls.append((name, a[1].shape[0], a[7] if name == "apgd" else a[8]))
+            return real(*a)
+        monkeypatch.setattr(mod, inner, spy)
+    x, y = _data(48)
+    key = jax.random.key(7)
+    correct = np.asarray(jnp.argmax(net(x), 1) == y)
+    kw = dict(eps=0.06, steps=5, n_target_classes=3)
+    for name, fn in (("apgd", attacks.apgd_targeted), ("fab", attacks.fab_targeted)):
+        calls.clear()
+        staged = fn(net, x, y, key, **kw)
+        sizes = [n for _, n, t in calls]
+        assert len(calls) >= 2 and all(t is not None for _, _, t in calls)
+        assert sizes[0] == bucket_size(int(correct.sum()), 48)
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
+        calls.clear()
+        full = fn(net, x, y, key, buckets=None, **kw)
+        assert [(n, t) for _, n, t in calls] == [(48, None)]
+        assert float(jnp.max(jnp.abs(staged - x))) <= 0.06 + 1e-6
+        assert abs(acc(staged, y) - acc(full, y)) <= 2 / 48
+        assert acc(staged, y) < correct.mean()
+        calls.clear()                      # inside jit: the one-loop version
+        jax.make_jaxpr(lambda xx, fn=fn: fn(net, xx, y, key, **kw))(x)
+        assert [(n, t) for _, n, t in calls] == [(48, None)]
+
+
 def test_autoattack_runs_each_target_class_on_the_points_still_robust(monkeypatch):
     """As the reference: APGD-T and then FAB-T are one attack per target class, each on the
     points no earlier attack or target fooled, toward that point's j-th most likely wrong
     clean class."""
     import importlib
-    from jaxdefense.attacks.common import bucket_size
     aa = importlib.import_module("jaxdefense.attacks.autoattack")
     calls = []
 

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdefense.attacks.common import (call_logits, check_budget, check_images, init_best,
-                                       keep_best, loss_and_grad)
+from jaxdefense.attacks.common import (call_logits, check_budget, check_buckets, check_images,
+                                       init_best, is_traced, jit_logits, keep_best,
+                                       loss_and_grad, per_target_stages)
 from jaxdefense.attacks.losses import dlr_targeted, get_loss
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.models.fast import fast
@@ -142,20 +143,38 @@ def ranked_targets(logits, n_target_classes: int):
 def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 100,
                   n_target_classes: int = 9, targets=None, restarts: int = 1,
                   rho: float = 0.75, eot_samples: int = 1, stochastic: bool = False,
-                  norm: str = "Linf"):
+                  norm: str = "Linf", buckets: str | None = "fine"):
     """APGD-T: targeted DLR toward each of the 2nd..(n+1)-th most likely classes at the
-    clean point (or toward the given `targets` [B]); success means misclassified."""
+    clean point (or toward the given `targets` [B]); success means misclassified.
+
+    Called outside jit, the target classes run one at a time on the points still robust
+    (those misclassified at x or fooled by an earlier target are dropped, as the reference
+    does), gathered into batches of a few sizes (`buckets`, see `common.bucket_size`);
+    buckets=None, or a call inside jit, runs every point for every target in one compiled
+    loop (same robust accuracy, more work)."""
     _check(eps, steps, x, y, restarts, rho)
     if targets is not None and targets.shape != y.shape:
         raise ValueError(f"targets must have shape {y.shape}, got {targets.shape}")
-    return _apgd_t(fast(logits_fn), x, y, key, jnp.float32(eps), steps, n_target_classes, targets,
-                   restarts, rho, eot_samples, stochastic, get_norm(norm))
+    if buckets is not None:
+        check_buckets(buckets)
+    f, norm, eps = fast(logits_fn), get_norm(norm), jnp.float32(eps)
+    run = lambda x, y, k, t, n: _apgd_t(f, x, y, k, eps, steps, n, t, restarts, rho,
+                                        eot_samples, stochastic, norm)
+    if targets is not None or buckets is None or is_traced(x, y, key, eps):
+        return run(x, y, key, targets, n_target_classes)[0]
+    logits = jit_logits(f, x, key, stochastic)
+    target_list = ranked_targets(logits, n_target_classes)
+    keys = jax.random.split(key, target_list.shape[0])
+    return per_target_stages(
+        lambda t, rows: run(x[rows], y[rows], keys[t], target_list[t][rows], 1),
+        x, np.asarray(jnp.argmax(logits, 1) == y), target_list.shape[0], buckets)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "steps", "n_target_classes", "restarts", "rho",
                                    "eot_samples", "stochastic", "norm"))
 def _apgd_t(logits_fn, x, y, key, eps, steps, n_target_classes, targets, restarts, rho,
             eot_samples, stochastic, norm):
+    """(best_x, best_loss, fooled) over the targets (the keep_best convention)."""
     if targets is None:
         target_list = ranked_targets(call_logits(logits_fn, x, key, stochastic),
                                      n_target_classes)
@@ -171,5 +190,5 @@ def _apgd_t(logits_fn, x, y, key, eps, steps, n_target_classes, targets, restart
             best = keep_best(out, loss_best, fooled, best)
         return best, None
     keys = jax.random.split(key, target_list.shape[0])
-    (best_x, _, _), _ = jax.lax.scan(one, init_best(x), (target_list, keys))
-    return best_x
+    best, _ = jax.lax.scan(one, init_best(x), (target_list, keys))
+    return best

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +62,12 @@ def call_logits(logits_fn, x, key=None, stochastic: bool = False):
     return logits_fn(x, key) if stochastic else logits_fn(x)
 
 
+@partial(jax.jit, static_argnames=("logits_fn", "stochastic"))
+def jit_logits(logits_fn, x, key=None, stochastic: bool = False):
+    """call_logits compiled once per (logits_fn, shapes): for the attacks' host-side checks."""
+    return call_logits(logits_fn, x, key, stochastic)
+
+
 def loss_and_grad(logits_fn, loss_fn, x, y, key=None, eot_samples: int = 1,
                   stochastic: bool = False):
     """Per-sample loss [B], logits and the gradient of the summed loss w.r.t. x.
@@ -97,15 +104,62 @@ def init_best(x):
     return x, jnp.full((x.shape[0],), -jnp.inf), jnp.zeros((x.shape[0],), bool)
 
 
-def bucket_size(n: int, total: int) -> int:
-    """The smallest power of two >= n, at most `total`, a multiple of the device count: the
-    batch size robust points are gathered into (at most log2(total) shapes compile)."""
+BUCKETS = ("fine", "pow2")
+
+
+def check_buckets(buckets) -> None:
+    if buckets not in BUCKETS:
+        raise ValueError(f"buckets must be one of {BUCKETS}, got {buckets!r}")
+
+
+def bucket_size(n: int, total: int, buckets: str = "fine") -> int:
+    """The batch size n robust points are gathered into, at most `total`, a multiple of the
+    device count. 'fine': the smallest of 1, 2, 3, 4, 6, 8, 12, ... (powers of two and 1.5
+    times them) >= n: at most 2 log2(total) shapes compile, the padding costs at most 1.5x
+    the work. 'pow2': the smallest power of two >= n: at most log2(total) shapes, up to 2x."""
+    check_buckets(buckets)
     d = jax.device_count()
-    size = min(total, 1 << max(0, (n - 1).bit_length()))
+    size = 1 << max(0, (n - 1).bit_length())
+    if buckets == "fine" and size >= 4 and n <= 3 * size // 4:
+        size = 3 * size // 4
+    size = min(total, size)
     return min(total, -(-size // d) * d)
 
 
-def gather_bucket(idx: np.ndarray, total: int) -> np.ndarray:
-    """idx padded to `bucket_size(len(idx), total)` by repeating its first entry."""
-    size = bucket_size(len(idx), total)
+def gather_bucket(idx: np.ndarray, total: int, buckets: str = "fine") -> np.ndarray:
+    """idx padded to `bucket_size(len(idx), total, buckets)` by repeating its first entry."""
+    size = bucket_size(len(idx), total, buckets)
     return np.concatenate([idx, np.full(size - len(idx), idx[0])])
+
+
+def is_traced(*args) -> bool:
+    """Whether any array among args is a tracer (the call is inside jit / grad / vmap)."""
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args))
+
+
+def on_robust_bucket(attack, robust: np.ndarray, buckets: str = "fine"):
+    """Run `attack(rows)` on the rows where `robust` [B] (numpy bool) holds, gathered into a
+    bucket (`gather_bucket`); returns (rows [n], its outputs cut to those n rows). `attack`
+    returns arrays (or a tuple of them) with one row per entry of its `rows`."""
+    idx = np.nonzero(robust)[0]
+    out = attack(gather_bucket(idx, len(robust), buckets))
+    return idx, jax.tree.map(lambda a: a[:len(idx)], out)
+
+
+def per_target_stages(run, x, correct, n_targets: int, buckets: str = "fine"):
+    """A targeted attack staged on the host, one target class at a time, as the reference
+    runs APGD-T and FAB-T: stage t calls `run(t, rows) -> (x_adv, score, fooled)` on the
+    rows of x [B, ...] still robust (`correct` [B] at the start, numpy bool; then not fooled
+    by an earlier stage), gathered into a bucket (`gather_bucket`). Per sample keeps the
+    first fooling point, else the highest-score one (`keep_best`); rows never attacked keep
+    x. Returns x_adv [B, ...]."""
+    best = init_best(x)
+    robust = np.array(correct, bool)
+    for t in range(n_targets):
+        if not robust.any():
+            break
+        rows, out = on_robust_bucket(lambda sub, t=t: run(t, sub), robust, buckets)
+        merged = keep_best(*out, tuple(a[rows] for a in best))
+        best = tuple(a.at[rows].set(m) for a, m in zip(best, merged))
+        robust[rows] &= ~np.asarray(merged[2])
+    return best[0]

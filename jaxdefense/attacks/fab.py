@@ -37,9 +37,11 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdefense.attacks.apgd import ranked_targets
-from jaxdefense.attacks.common import check_budget, check_images
+from jaxdefense.attacks.common import (check_budget, check_buckets, check_images, is_traced,
+                                       jit_logits, per_target_stages)
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.models.fast import fast
 
@@ -211,7 +213,8 @@ def random_start(key, x, eps, norm):
 
 def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps: int = 100,
                  n_target_classes: int = 9, targets=None, restarts: int = 1,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9):
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
+                 buckets: str | None = "fine"):
     """FAB-T: per sample the smallest perturbation found (Linf or L2, in [0, 1] pixel units)
     that makes the model misclassify, searched toward each of the 2nd .. (n+1)-th most likely
     classes at the clean point in turn (or only toward `targets` [B] when given).
@@ -222,6 +225,11 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps:
     largest weight of the step from x; eta > 0: the step's length relative to the projection
     (1.05 overshoots the linearized boundary by 5 %); beta in (0, 1]: a misclassified point
     is pulled back to x + beta (x_adv - x). Classes are ranked with `ranked_targets`.
+
+    Called outside jit, the target classes run one at a time on the points still robust
+    (as the reference), gathered into batches of a few sizes (`buckets`, see
+    `common.bucket_size`); buckets=None, or a call inside jit, runs every point for every
+    target in one compiled loop (same result, more work).
     """
     norm = get_norm(norm)
     check_budget(eps, steps=steps)
@@ -234,9 +242,23 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps:
                          f"{alpha_max}, {eta}, {beta}")
     if targets is not None and targets.shape != y.shape:
         raise ValueError(f"targets must have shape {y.shape}, got {targets.shape}")
-    return _fab_t(fast(logits_fn), x, y, key, jnp.float32(eps), norm.name, steps,
-                  int(n_target_classes), targets, int(restarts), jnp.float32(alpha_max),
-                  jnp.float32(eta), jnp.float32(beta))
+    if buckets is not None:
+        check_buckets(buckets)
+    f, eps = fast(logits_fn), jnp.float32(eps)
+    run = lambda x, y, k, t, n: _fab_t(f, x, y, k, eps, norm.name, steps, n, t, int(restarts),
+                                       jnp.float32(alpha_max), jnp.float32(eta),
+                                       jnp.float32(beta))
+    if targets is not None or buckets is None or is_traced(x, y, key, eps):
+        return run(x, y, key, targets, int(n_target_classes))[0]
+    logits = jit_logits(f, x)
+    target_list = ranked_targets(logits, n_target_classes)
+    keys = jax.random.split(key, target_list.shape[0])
+
+    def stage(t, rows):
+        adv, fooled = run(x[rows], y[rows], keys[t], target_list[t][rows], 1)
+        return adv, jnp.zeros(fooled.shape), fooled
+    return per_target_stages(stage, x, np.asarray(jnp.argmax(logits, 1) == y),
+                             target_list.shape[0], buckets)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "norm_name", "steps", "n_target_classes",
@@ -266,5 +288,5 @@ def _fab_t(logits_fn, x, y, key, eps, norm_name, steps, n_target_classes, target
     stages = (jnp.repeat(target_list, restarts, axis=0),
               jnp.tile(jnp.arange(restarts), n_targets),
               jax.random.split(key, n_targets * restarts))
-    (x_out, _), _ = jax.lax.scan(stage, (x, jnp.zeros_like(correct)), stages)
-    return x_out
+    (x_out, done), _ = jax.lax.scan(stage, (x, jnp.zeros_like(correct)), stages)
+    return x_out, done

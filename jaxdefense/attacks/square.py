@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdefense.attacks.common import check_budget, check_images, gather_bucket, project_linf
+from jaxdefense.attacks.common import (check_budget, check_buckets, check_images,
+                                       on_robust_bucket, project_linf)
 from jaxdefense.attacks.losses import margin
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.models.fast import fast
@@ -54,7 +55,7 @@ def p_schedule(i, n_queries: int, p_init: float, rescale: bool = True):
 
 def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
            p_init: float = 0.8, prune_every: int | None = 100, norm: str = "Linf",
-           rescale_schedule: bool = True):
+           rescale_schedule: bool = True, buckets: str = "fine"):
     """Square attack; x_adv [B, H, W, C] in [0, 1] within eps of x in the `norm` ('Linf' or
     'L2') ball (RobustBench's budgets: Linf 8/255, L2 0.5). n_queries queries after the
     start (n_queries + 1 forward passes, as the reference), query i using the p schedule at
@@ -64,9 +65,10 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
     reference's default) or fixed query numbers 10, 50, 200, ... (False, as AutoAttack's
     'standard' version runs Square). L2 needs images at least 5 pixels high.
     prune_every: every so many queries the points already misclassified are dropped and the
-    rest gathered into a power-of-two batch (as torchattacks / auto-attack skip fooled
-    points); None runs every point to the end. Random draws are made per sample from its
-    index in x, so the result does not depend on the pruning."""
+    rest gathered into a batch of one of a few sizes (`buckets`, see
+    `common.bucket_size`; as torchattacks / auto-attack skip fooled points); None runs every
+    point to the end. Random draws are made per sample from its index in x, so the result
+    does not depend on the pruning."""
     norm = get_norm(norm).name
     check_budget(eps, steps=n_queries)
     check_images(x, y)
@@ -74,6 +76,7 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
         raise ValueError(f"p_init must be in (0, 1], got {p_init}")
     if prune_every is not None and prune_every < 1:
         raise ValueError(f"prune_every must be >= 1 or None, got {prune_every}")
+    check_buckets(buckets)
     table = None
     if norm == "L2":
         if x.shape[1] < 5:
@@ -90,15 +93,15 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
                                n_queries + 1, n_queries, p_init, norm, rescale, table)[0]
     for start in range(1, n_queries + 1, prune_every):
         stop = min(start + prune_every, n_queries + 1)
-        active = np.nonzero(np.asarray(loss_best > 0))[0]
-        if len(active) == 0:
+        robust = np.asarray(loss_best > 0)
+        if not robust.any():
             break
-        sub = gather_bucket(active, len(x))
-        xb, lb = _square_queries(logits_fn, x[sub], y[sub], key, eps, ids[sub], x_best[sub],
-                                 loss_best[sub], start, stop, n_queries, p_init, norm, rescale,
-                                 table)
-        x_best = x_best.at[active].set(xb[:len(active)])
-        loss_best = loss_best.at[active].set(lb[:len(active)])
+        active, (xb, lb) = on_robust_bucket(
+            lambda sub: _square_queries(logits_fn, x[sub], y[sub], key, eps, ids[sub],
+                                        x_best[sub], loss_best[sub], start, stop, n_queries,
+                                        p_init, norm, rescale, table), robust, buckets)
+        x_best = x_best.at[active].set(xb)
+        loss_best = loss_best.at[active].set(lb)
     return x_best
 
 
