@@ -10,12 +10,14 @@ MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 
 # XLA's persistent compilation cache for the tests run in this process (not the CLIs they
 # start): a second run compiles only what changed, which is most of the suite's time.
-# JAXDEFENSE_TEST_CACHE=0 turns it off; a path moves it; `rm -rf .cache` empties it.
+# JAXDEFENSE_TEST_CACHE=0 turns it off; a path moves it; `rm -rf .cache` empties it. Kept
+# under 512 MiB (least recently used entries evicted; jax needs `filelock` for that).
 _CACHE = os.environ.get("JAXDEFENSE_TEST_CACHE", str(REPO / ".cache" / "jax-tests"))
 if _CACHE != "0":
     import jax
     jax.config.update("jax_compilation_cache_dir", _CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_compilation_cache_max_size", 512 * 2**20)
 
 from jaxdefense.defenses.grfd.config import preset  # noqa: E402
 

@@ -17,13 +17,15 @@ never fooled (or misclassified from the start) keep x. Restart r > 0 starts from
 clip(x + eps / 2 * t / |t|, 0, 1), t ~ U[-1, 1]^d (Linf) or N(0, I) (L2).
 
 The math is the reference's, step for step (checked against it by
-bench/fab_vs_reference.py). Differences are only in how it runs: every point of the batch is
-computed in every iteration, in one `lax.fori_loop` with all state per sample and selected by
-`jnp.where` (the reference attacks only the still-robust points of each stage, as boolean-
-mask subsets); points already fooled are computed on and their results discarded, so the
-output is the same. The projections likewise compute the reference's row cases and its
-ceil(log2 d)-step binary search for all rows and select per row. The (target, restart)
-stages are one `lax.scan`; a stage is skipped (`lax.cond`) once no point is left to attack.
+bench/fab_vs_reference.py). Differences are only in how it runs: a stage (one target class)
+is one `lax.fori_loop` over a batch with all state per sample, selected by `jnp.where`
+(points fooled within the stage are computed on and their results discarded, so the output
+is the same). Between target classes, as the reference, only the still-robust points go on:
+outside jit they are gathered on the host into a bucketed batch (`common.per_target_stages`;
+the reference indexes boolean-mask subsets); inside jit (or buckets=None) the (target,
+restart) stages are one `lax.scan` over the whole batch and a stage is skipped
+(`lax.cond`) once no point is left. The projections compute the reference's row cases and
+its ceil(log2 d)-step binary search for all rows and select per row.
 Random starts (restarts > 1 only) use jax.random, not torch's generator; classes with tied
 logits may be ranked in another order (stable argsort). Cost per stage: `steps` gradient
 evaluations plus `steps + 1` forward passes, and per step one projection of 2B rows (x_k
