@@ -18,6 +18,14 @@ if _CACHE != "0":
     jax.config.update("jax_compilation_cache_dir", _CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     jax.config.update("jax_compilation_cache_max_size", 512 * 2**20)
+    # entries written without the size bound have no access-time file, which jax's eviction
+    # then fails to read on every write: drop them (under jax's own lock on the directory)
+    import filelock
+    pathlib.Path(_CACHE).mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(pathlib.Path(_CACHE) / ".lockfile", timeout=30):
+        for entry in pathlib.Path(_CACHE).glob("*-cache"):
+            if not entry.with_name(entry.name[:-len("cache")] + "atime").exists():
+                entry.unlink(missing_ok=True)
 
 from jaxdefense.defenses.grfd.config import preset  # noqa: E402
 

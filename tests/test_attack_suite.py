@@ -203,7 +203,7 @@ def test_targeted_attacks_drop_fooled_points_between_targets(monkeypatch):
     x, y = _data(48)
     key = jax.random.key(7)
     correct = np.asarray(jnp.argmax(net(x), 1) == y)
-    kw = dict(eps=0.06, steps=5, n_target_classes=3)
+    kw = dict(eps=0.1, steps=5, n_target_classes=3)
     for name, fn in (("apgd", attacks.apgd_targeted), ("fab", attacks.fab_targeted)):
         calls.clear()
         staged = fn(net, x, y, key, **kw)
@@ -214,7 +214,7 @@ def test_targeted_attacks_drop_fooled_points_between_targets(monkeypatch):
         calls.clear()
         full = fn(net, x, y, key, buckets=None, **kw)
         assert [(n, t) for _, n, t in calls] == [(48, None)]
-        assert float(jnp.max(jnp.abs(staged - x))) <= 0.06 + 1e-6
+        assert float(jnp.max(jnp.abs(staged - x))) <= 0.1 + 1e-6
         assert abs(acc(staged, y) - acc(full, y)) <= 2 / 48
         assert acc(staged, y) < correct.mean()
         calls.clear()                      # inside jit: the one-loop version

@@ -79,12 +79,18 @@ def test_projection_closed_form_when_box_inactive(norm):
     np.testing.assert_allclose(d, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("dim", [5, 48])
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
-def test_projection_matches_convex_solver(norm):
-    """min |d| s.t. w.(t + d) = b, 0 <= t + d <= 1: linprog (Linf), SLSQP (L2), d = 5."""
-    t, w, b = _problems(40, 5, seed=1)
+def test_projection_matches_convex_solver(norm, dim):
+    """min |d| s.t. w.(t + d) = b, 0 <= t + d <= 1: linprog (Linf), SLSQP (L2); at d = 48
+    the points sit on a grid of 1/8 (many equal breakpoints, many coordinates on a face)."""
+    t, w, b = _problems(40, dim, seed=1)
     t[0, 2] = 1.0                                              # points on the box faces
     t[1, 0] = 0.0
+    if dim > 5:
+        t = np.round(t * 8) / 8
+        b = (w * t).sum(1) + np.random.default_rng(2).normal(size=40) * np.geomspace(
+            0.01, 20.0, 40)
     d = _project(projection_linf if norm == "Linf" else projection_l2, t, w, b)
     lo, hi = _box_range(t, w)
     need = b - (w * t).sum(1)
@@ -93,14 +99,15 @@ def test_projection_matches_convex_solver(norm):
     for i in np.nonzero(feasible)[0]:
         bounds = list(zip(-t[i], 1 - t[i]))
         if norm == "Linf":                                     # variables (d, s)
-            a_ub = np.block([[np.eye(5), -np.ones((5, 1))], [-np.eye(5), -np.ones((5, 1))]])
-            res = linprog(np.r_[np.zeros(5), 1.0], A_ub=a_ub, b_ub=np.zeros(10),
+            eye, ones = np.eye(dim), np.ones((dim, 1))
+            a_ub = np.block([[eye, -ones], [-eye, -ones]])
+            res = linprog(np.r_[np.zeros(dim), 1.0], A_ub=a_ub, b_ub=np.zeros(2 * dim),
                           A_eq=np.r_[w[i], 0.0][None], b_eq=[need[i]],
                           bounds=bounds + [(0, None)])
             assert res.status == 0
             assert np.abs(d[i]).max() == pytest.approx(res.fun, rel=1e-5, abs=1e-6)
         else:
-            res = minimize(lambda v: v @ v, np.zeros(5), jac=lambda v: 2 * v, method="SLSQP",
+            res = minimize(lambda v: v @ v, np.zeros(dim), jac=lambda v: 2 * v, method="SLSQP",
                            bounds=bounds, options={"ftol": 1e-14, "maxiter": 500},
                            constraints=[{"type": "eq", "fun": lambda v: w[i] @ v - need[i],
                                          "jac": lambda v: w[i]}])
