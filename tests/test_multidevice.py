@@ -52,7 +52,7 @@ def test_two_devices_match_one(tmp_path):
 
 ATTACK_SCRIPT = r"""
 import sys, jax, jax.numpy as jnp, numpy as np
-from jaxdefense.attacks import apgd, pgd
+from jaxdefense.attacks import apgd, fab_targeted, pgd
 from jaxdefense.sharding import shard_batch
 assert jax.device_count() == int(sys.argv[2])
 W = jax.random.normal(jax.random.key(0), (16, 10))
@@ -62,7 +62,10 @@ y = jnp.argmax(f(x), 1)
 xs, ys = shard_batch((np.asarray(x), np.asarray(y)))
 a = pgd(f, xs, ys, jax.random.key(2), eps=0.1, steps=10)
 b = apgd(f, xs, ys, jax.random.key(2), eps=0.1, steps=20)
-np.savez(sys.argv[1] + "/adv.npz", pgd=np.asarray(a), apgd=np.asarray(b))
+# FAB-T staged on the host (robust points gathered into buckets that are multiples of the
+# device count); deterministic with one restart
+c = fab_targeted(f, xs, ys, jax.random.key(2), eps=0.15, steps=10, n_target_classes=3)
+np.savez(sys.argv[1] + "/adv.npz", pgd=np.asarray(a), apgd=np.asarray(b), fab=np.asarray(c))
 """
 
 
@@ -75,7 +78,7 @@ def test_attacks_on_sharded_batches_match_one_device(tmp_path):
         subprocess.run([sys.executable, "-c", ATTACK_SCRIPT, str(d), str(n)], check=True,
                        env=run_env(n))
         out.append(np.load(d / "adv.npz"))
-    for k in ("pgd", "apgd"):
+    for k in ("pgd", "apgd", "fab"):
         np.testing.assert_allclose(out[0][k], out[1][k], atol=1e-6, err_msg=k)
 
 

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense.attacks.common import (call_logits, check_budget, check_buckets, check_images,
-                                       init_best, is_traced, jit_logits, keep_best,
-                                       loss_and_grad, per_target_stages)
+                                       init_best, jit_logits, keep_best, loss_and_grad,
+                                       on_host, per_target_stages)
 from jaxdefense.attacks.losses import dlr_targeted, get_loss
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.models.fast import fast
@@ -160,7 +160,7 @@ def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 10
     f, norm, eps = fast(logits_fn), get_norm(norm), jnp.float32(eps)
     run = lambda x, y, k, t, n: _apgd_t(f, x, y, k, eps, steps, n, t, restarts, rho,
                                         eot_samples, stochastic, norm)
-    if targets is not None or buckets is None or is_traced(x, y, key, eps):
+    if targets is not None or buckets is None or not on_host(x, y, key, eps):
         return run(x, y, key, targets, n_target_classes)[0]
     logits = jit_logits(f, x, key, stochastic)
     target_list = ranked_targets(logits, n_target_classes)

@@ -9,7 +9,8 @@ each target class of APGD-T and FAB-T (the j-th most likely wrong class at the c
 robust ones are gathered into a batch of one of a few sizes (`buckets`: 'fine', the next of
 1, 2, 3, 4, 6, 8, 12, ... so at most 2 log2(B) shapes ever compile and padding costs at most
 1.5x; 'pow2', the next power of two, log2(B) shapes and up to 2x; `common.bucket_size`),
-padded by repeating a robust point. compact=False keeps the whole batch with masks instead.
+padded by repeating a robust point. compact=False keeps the whole batch with masks instead
+(so does a batch spread over several processes, which no one host can index).
 An attack is skipped once no point is left.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from jaxdefense.attacks.apgd import apgd, apgd_targeted, ranked_targets
 from jaxdefense.attacks.common import (check_budget, check_buckets, check_images, jit_logits,
-                                       on_robust_bucket)
+                                       on_host, on_robust_bucket)
 from jaxdefense.attacks.fab import fab_targeted
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.attacks.square import square
@@ -66,6 +67,7 @@ def autoattack(logits_fn, x, y, key, *, eps: float = 8 / 255, norm: str = "Linf"
     get_norm(norm)
     check_buckets(buckets)
     stochastic = version == "rand"
+    compact = compact and on_host(x, y)      # a batch spread over processes: masks
     predict = lambda xa, k: jnp.argmax(jit_logits(logits_fn, xa, k, stochastic), 1)
     robust = predict(x, key) == y
     x_adv = x

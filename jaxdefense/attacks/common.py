@@ -132,9 +132,13 @@ def gather_bucket(idx: np.ndarray, total: int, buckets: str = "fine") -> np.ndar
     return np.concatenate([idx, np.full(size - len(idx), idx[0])])
 
 
-def is_traced(*args) -> bool:
-    """Whether any array among args is a tracer (the call is inside jit / grad / vmap)."""
-    return any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args))
+def on_host(*args) -> bool:
+    """Whether work on these arrays can be staged from the host (dropping fooled points):
+    none is a tracer (the call is not inside jit / grad / vmap) and this process holds each
+    one whole (not a batch spread over several processes)."""
+    leaves = jax.tree.leaves(args)
+    return not any(isinstance(a, jax.core.Tracer) for a in leaves) and all(
+        getattr(a, "is_fully_addressable", True) for a in leaves)
 
 
 def on_robust_bucket(attack, robust: np.ndarray, buckets: str = "fine"):

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense.attacks.apgd import ranked_targets
-from jaxdefense.attacks.common import (check_budget, check_buckets, check_images, is_traced,
+from jaxdefense.attacks.common import (check_budget, check_buckets, check_images, on_host,
                                        jit_logits, per_target_stages)
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.models.fast import fast
@@ -229,7 +229,7 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps:
     run = lambda x, y, k, t, n: _fab_t(f, x, y, k, eps, norm.name, steps, n, t, int(restarts),
                                        jnp.float32(alpha_max), jnp.float32(eta),
                                        jnp.float32(beta))
-    if targets is not None or buckets is None or is_traced(x, y, key, eps):
+    if targets is not None or buckets is None or not on_host(x, y, key, eps):
         return run(x, y, key, targets, int(n_target_classes))[0]
     logits = jit_logits(f, x)
     target_list = ranked_targets(logits, n_target_classes)

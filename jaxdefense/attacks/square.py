@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense.attacks.common import (check_budget, check_buckets, check_images,
-                                       on_robust_bucket, project_linf)
+                                       on_host, on_robust_bucket, project_linf)
 from jaxdefense.attacks.losses import margin
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.models.fast import fast
@@ -67,8 +67,9 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
     prune_every: every so many queries the points already misclassified are dropped and the
     rest gathered into a batch of one of a few sizes (`buckets`, see
     `common.bucket_size`; as torchattacks / auto-attack skip fooled points); None runs every
-    point to the end. Random draws are made per sample from its index in x, so the result
-    does not depend on the pruning."""
+    point to the end (as does a call inside jit, or on a batch spread over several
+    processes). Random draws are made per sample from its index in x, so the result does
+    not depend on the pruning."""
     norm = get_norm(norm).name
     check_budget(eps, steps=n_queries)
     check_images(x, y)
@@ -88,7 +89,7 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
     eps, p_init = jnp.float32(eps), jnp.float32(p_init)
     ids = jnp.arange(len(x))
     x_best, loss_best = _square_init(logits_fn, x, y, key, eps, ids, norm)
-    if prune_every is None:
+    if prune_every is None or not on_host(x, y):
         return _square_queries(logits_fn, x, y, key, eps, ids, x_best, loss_best, 1,
                                n_queries + 1, n_queries, p_init, norm, rescale, table)[0]
     for start in range(1, n_queries + 1, prune_every):
