@@ -48,6 +48,36 @@ def test_same_logits_and_gradients_with_and_without(size):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape, k, padding", [
+    ((2, 28, 28, 1), (5, 5, 1, 6), "SAME"),            # LeNet-5's first layer
+    ((2, 14, 14, 6), (5, 5, 6, 16), "VALID"),          # its second
+    ((3, 9, 7, 2), (3, 2, 2, 5), ((1, 2), (0, 1))),    # uneven kernel and padding
+    ((2, 8, 8, 3), (4, 4, 3, 2), "SAME"),              # even kernel: padding (1, 2)
+])
+def test_banded_convolution_matches_xla_values_and_gradients(shape, k, padding):
+    from jaxdefense.models import layers
+    x = jax.random.uniform(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), k)
+    xla = lambda xx, kk: jax.lax.conv_general_dilated(
+        xx, kk, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    pads = padding if not isinstance(padding, str) else (
+        layers._pads(shape[1], k[0], 1, padding), layers._pads(shape[2], k[1], 1, padding))
+    banded = lambda xx, kk: layers.conv_banded(xx, kk, pads)
+    np.testing.assert_allclose(banded(x, kernel), xla(x, kernel), rtol=1e-5, atol=2e-5)
+    loss = lambda fn: lambda xx, kk: jnp.sum(jnp.sin(fn(xx, kk)))
+    for got, want in zip(jax.grad(loss(banded), (0, 1))(x, kernel),
+                         jax.grad(loss(xla), (0, 1))(x, kernel)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # conv_cpu picks it for these small layers, im2col for strides or big bands
+    count = lambda f: str(jax.make_jaxpr(f)(x, kernel)).count("dot_general")
+    assert count(lambda xx, kk: layers.conv_cpu(xx, kk, (1, 1), padding)) == count(banded)
+    jaxpr = str(jax.make_jaxpr(lambda xx, kk: layers.conv_cpu(xx, kk, (2, 2), padding))(
+        x, kernel))
+    assert "stack" in jaxpr                                    # the windows (im2col)
+    big = jnp.zeros((1, 32, 32, 64))
+    assert layers.conv_cpu(big, jnp.zeros((3, 3, 64, 64))).shape == (1, 32, 32, 64)
+
+
 def test_covered_layers_leave_xla_convolution_and_the_rest_stay():
     m, params, x = _model()
     f = lambda xx: m.apply(params, xx)

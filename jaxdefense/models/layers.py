@@ -46,6 +46,46 @@ def conv_windows(x, kernel, strides=(1, 1), padding="SAME"):
     return jnp.einsum("bhwpc,pco->bhwo", cols, kernel.reshape(kh * kw, cin, cout))
 
 
+def conv_banded(x, kernel, padding=((0, 0), (0, 0))):
+    """Stride-1 NHWC convolution (HWIO kernel) as one matrix product: the kh padded input
+    rows each output row reads, [B, Ho, kh * Wp * cin], times the banded (Toeplitz) matrix
+    that slides the kernel along the width, [kh * Wp * cin, Wo * cout]. It does Wp / kw
+    times the multiply-adds of the convolution, but in a shape the CPU's matrix product
+    runs near its peak, where im2col's [*, kh * kw * cin] x [kh * kw * cin, cout] with few
+    output channels does not. padding: ((low, high), (low, high))."""
+    kh, kw, cin, cout = kernel.shape
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+    b, hp, wp, _ = x.shape
+    h, w = hp - kh + 1, wp - kw + 1
+    rows = jnp.concatenate([x[:, i:i + h].reshape(b, h, wp * cin) for i in range(kh)], -1)
+    offset = np.arange(wp)[:, None] - np.arange(w)[None, :]          # input col - output col
+    inside = (offset >= 0) & (offset < kw)
+    band = jnp.where(inside[None, :, :, None, None], kernel[:, np.clip(offset, 0, kw - 1)],
+                     0.0)                                           # [kh, wp, w, cin, cout]
+    band = band.transpose(0, 1, 3, 2, 4).reshape(kh * wp * cin, w * cout)
+    return (rows @ band).reshape(b, h, w, cout)
+
+
+# The banded matrix's largest size (elements) for `conv_cpu` to pick it: LeNet-5's layers
+# (27k and 67k) are well inside; CIFAR-sized layers (millions) are not.
+BANDED_MAX = 1 << 18
+
+
+def conv_cpu(x, kernel, strides=(1, 1), padding="SAME"):
+    """The faster CPU formulation of a small convolution: `conv_banded` for stride 1 when
+    its banded matrix has at most BANDED_MAX elements, else `conv_windows` (im2col).
+    Arguments as `conv_windows`."""
+    kh, kw, cin, cout = kernel.shape
+    if isinstance(padding, str):
+        padding = (_pads(x.shape[1], kh, strides[0], padding),
+                   _pads(x.shape[2], kw, strides[1], padding))
+    if tuple(strides) == (1, 1):
+        wp = x.shape[2] + sum(padding[1])
+        if kh * wp * cin * (wp - kw + 1) * cout <= BANDED_MAX:
+            return conv_banded(x, kernel, padding)
+    return conv_windows(x, kernel, strides, padding)
+
+
 # Set by `fast.fast_layers()`, i.e. while an attack traces a model on the CPU backend.
 _im2col_auto = contextvars.ContextVar("jaxdefense_im2col_auto", default=False)
 
@@ -78,7 +118,7 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
         if resolve_impl(self.impl) == "im2col":
-            y = conv_windows(x, kernel, (1, 1), self.padding)
+            y = conv_cpu(x, kernel, (1, 1), self.padding)
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
