@@ -2,17 +2,18 @@
 their code.
 
 XLA:CPU runs a small `lax.conv_general_dilated` and the gradient of `reduce_window` max
-(`nn.max_pool`'s select-and-scatter) slowly; the same math as one einsum over shifted
-windows (im2col) and as a reshape-max fuses well (`layers.py`). `fast_layers()` is a context
+(`nn.max_pool`'s select-and-scatter) slowly; the same math as one matrix product
+(`layers.conv_cpu`: banded for small stride-1 layers, im2col otherwise) and as a reshape-max
+runs well (`layers.py`). `fast_layers()` is a context
 in which, while a function is traced:
 - every `flax.linen.Conv` (2-D, no dilation, no feature groups, no mask; any strides, 'SAME',
-  'VALID' or explicit padding) computes with im2col from its own parameters, through
+  'VALID' or explicit padding) computes with `layers.conv_cpu` from its own parameters, through
   `nn.intercept_methods`, so parameters, names and checkpoints are unchanged;
 - `flax.linen.max_pool` with non-overlapping windows (window == strides, 'VALID') is a
   reshape-max (the attribute is swapped for the duration of the context, so calls written
   `nn.max_pool(...)` are covered; a name imported before with `from flax.linen import
   max_pool` is not);
-- the project's `layers.Conv(impl='auto')` computes with im2col (outside, XLA's convolution,
+- the project's `layers.Conv(impl='auto')` computes with `conv_cpu` (outside, XLA's convolution,
   which is faster for training's parameter gradients).
 Everything else runs as written. Results equal the original up to float summation order.
 

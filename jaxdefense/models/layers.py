@@ -1,8 +1,9 @@
 """Layers with a CPU-friendly formulation of the same math.
 
 On XLA:CPU a small convolution and the gradient of `max_pool` (select-and-scatter) dominate
-an attack step on LeNet-5. `Conv` can compute a convolution as one einsum over stacked
-shifted windows (im2col) and `max_pool_2x2` as a reshape-max, which XLA:CPU fuses well:
+an attack step on LeNet-5. `Conv` can compute a convolution as one matrix product
+(`conv_cpu`: a banded kernel matrix for small stride-1 layers, else an einsum over stacked
+shifted windows, im2col) and `max_pool_2x2` as a reshape-max, which XLA:CPU runs well:
 a PGD-20 step on LeNet-5 drops from about 28 ms to 13 ms per batch of 128 on 2 cores
 (BENCHMARKS.md). For parameter gradients (training) XLA's convolution is the faster one, so
 `Conv(impl='auto')` uses im2col only while an attack traces it (`fast.fast_layers`).
@@ -92,7 +93,8 @@ _im2col_auto = contextvars.ContextVar("jaxdefense_im2col_auto", default=False)
 
 def resolve_impl(impl: str) -> str:
     """'auto' -> 'im2col' while an attack traces the model on CPU (`fast.fast_layers`),
-    'xla' otherwise: im2col wins for input gradients on XLA:CPU, XLA's convolution for
+    'xla' otherwise. 'im2col' computes with `conv_cpu` (banded for small layers, else the
+    windows): it wins for input gradients on XLA:CPU, XLA's convolution for
     parameter gradients (training steps, GRFD's second-order L_rb) and on GPU / TPU."""
     if impl == "auto":
         return "im2col" if _im2col_auto.get() else "xla"
