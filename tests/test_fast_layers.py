@@ -94,10 +94,11 @@ def test_covered_layers_leave_xla_convolution_and_the_rest_stay():
     assert nn.max_pool is fast_mod._original_max_pool      # restored after the context
 
 
-def test_lenet_auto_conv_is_im2col_only_inside_fast_layers():
-    """The project's LeNet-5 trains with XLA's convolution (faster parameter gradients on
-    XLA:CPU) and is attacked with im2col; the logits agree either way."""
-    from jaxdefense.models import LeNet5
+def test_lenet_auto_conv_on_cpu_is_banded_and_big_layers_train_with_xla():
+    """On CPU the project's LeNet-5 computes both layers as banded matrix products, in
+    training and under attack; a layer too big for the band trains with XLA's convolution
+    and is attacked with im2col; the logits agree either way."""
+    from jaxdefense.models import LeNet5, layers
     m = LeNet5(width=0.5)
     x = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
     v = m.init(jax.random.key(1), x)
@@ -106,12 +107,23 @@ def test_lenet_auto_conv_is_im2col_only_inside_fast_layers():
     def fast_f(xx):
         with fast_layers():
             return f(xx)
-    count = lambda fn: str(jax.make_jaxpr(fn)(x)).count("conv_general_dilated")
-    assert count(f) == 2 and count(fast_f) == 0
-    assert count(lambda xx: LeNet5(width=0.5, conv_impl="im2col").apply(v, xx)) == 0
-    np.testing.assert_allclose(fast_f(x), f(x), rtol=1e-5, atol=1e-5)
+    count = lambda fn, a: str(jax.make_jaxpr(fn)(a)).count("conv_general_dilated")
+    assert count(f, x) == 0 and count(fast_f, x) == 0
+    xla = lambda xx: LeNet5(width=0.5, conv_impl="xla").apply(v, xx)
+    assert count(xla, x) == 2
+    np.testing.assert_allclose(fast_f(x), xla(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(f(x), xla(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="conv impl"):
         LeNet5(width=0.5, conv_impl="fft").apply(v, x)
+    big = layers.Conv(64, (3, 3))
+    xb = jnp.zeros((1, 32, 32, 64))
+    vb = big.init(jax.random.key(2), xb)
+    g = lambda xx: big.apply(vb, xx)
+
+    def fast_g(xx):
+        with fast_layers():
+            return g(xx)
+    assert count(g, xb) == 1 and count(fast_g, xb) == 0
 
 
 def test_pool_restored_after_an_error():

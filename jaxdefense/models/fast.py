@@ -13,8 +13,8 @@ in which, while a function is traced:
   reshape-max (the attribute is swapped for the duration of the context, so calls written
   `nn.max_pool(...)` are covered; a name imported before with `from flax.linen import
   max_pool` is not);
-- the project's `layers.Conv(impl='auto')` computes with `conv_cpu` (outside, XLA's convolution,
-  which is faster for training's parameter gradients).
+- the project's `layers.Conv(impl='auto')` computes with `conv_cpu` (outside: the banded
+  form where it applies on CPU, else XLA's convolution; `layers.resolve_impl`).
 Everything else runs as written. Results equal the original up to float summation order.
 
 The attacks trace a model through `fast(logits_fn)` when the default backend is the CPU
@@ -100,7 +100,7 @@ def max_pool(inputs, window_shape, strides=None, padding="VALID"):
 @contextlib.contextmanager
 def fast_layers():
     """While active, plain `nn.Conv` and `nn.max_pool` compute as described above, and the
-    project's own `layers.Conv(impl='auto')` (LeNet-5) uses im2col."""
+    project's own `layers.Conv(impl='auto')` (LeNet-5) uses `layers.conv_cpu`."""
     token = layers._im2col_auto.set(True)
     with nn.intercept_methods(_interceptor):
         nn.max_pool = max_pool

@@ -5,8 +5,9 @@ an attack step on LeNet-5. `Conv` can compute a convolution as one matrix produc
 (`conv_cpu`: a banded kernel matrix for small stride-1 layers, else an einsum over stacked
 shifted windows, im2col) and `max_pool_2x2` as a reshape-max, which XLA:CPU runs well:
 a PGD-20 step on LeNet-5 drops from about 28 ms to 13 ms per batch of 128 on 2 cores
-(BENCHMARKS.md). For parameter gradients (training) XLA's convolution is the faster one, so
-`Conv(impl='auto')` uses im2col only while an attack traces it (`fast.fast_layers`).
+(BENCHMARKS.md). `Conv(impl='auto')` uses `conv_cpu` while an attack traces it
+(`fast.fast_layers`), and elsewhere on CPU the banded form where it applies (it also wins
+for training's parameter gradients; im2col does not), XLA's convolution otherwise.
 `ConvTranspose2x` computes a k4 s2 transposed convolution as a stride-1 convolution and
 depth-to-space. Results equal the XLA operations up to float summation order.
 """
@@ -72,18 +73,25 @@ def conv_banded(x, kernel, padding=((0, 0), (0, 0))):
 BANDED_MAX = 1 << 18
 
 
-def conv_cpu(x, kernel, strides=(1, 1), padding="SAME"):
-    """The faster CPU formulation of a small convolution: `conv_banded` for stride 1 when
-    its banded matrix has at most BANDED_MAX elements, else `conv_windows` (im2col).
-    Arguments as `conv_windows`."""
-    kh, kw, cin, cout = kernel.shape
+def banded_padding(x_shape, kernel_shape, strides=(1, 1), padding="SAME"):
+    """The ((low, high), (low, high)) padding for `conv_banded` when this convolution is
+    small enough for it (stride 1, a banded matrix of at most BANDED_MAX elements), else
+    None."""
+    kh, kw, cin, cout = kernel_shape
+    if tuple(strides) != (1, 1):
+        return None
     if isinstance(padding, str):
-        padding = (_pads(x.shape[1], kh, strides[0], padding),
-                   _pads(x.shape[2], kw, strides[1], padding))
-    if tuple(strides) == (1, 1):
-        wp = x.shape[2] + sum(padding[1])
-        if kh * wp * cin * (wp - kw + 1) * cout <= BANDED_MAX:
-            return conv_banded(x, kernel, padding)
+        padding = (_pads(x_shape[1], kh, 1, padding), _pads(x_shape[2], kw, 1, padding))
+    wp = x_shape[2] + sum(padding[1])
+    return padding if kh * wp * cin * (wp - kw + 1) * cout <= BANDED_MAX else None
+
+
+def conv_cpu(x, kernel, strides=(1, 1), padding="SAME"):
+    """The faster CPU formulation of a small convolution: `conv_banded` where
+    `banded_padding` allows it, else `conv_windows` (im2col). Arguments as `conv_windows`."""
+    pads = banded_padding(x.shape, kernel.shape, strides, padding)
+    if pads is not None:
+        return conv_banded(x, kernel, pads)
     return conv_windows(x, kernel, strides, padding)
 
 
@@ -91,13 +99,20 @@ def conv_cpu(x, kernel, strides=(1, 1), padding="SAME"):
 _im2col_auto = contextvars.ContextVar("jaxdefense_im2col_auto", default=False)
 
 
-def resolve_impl(impl: str) -> str:
-    """'auto' -> 'im2col' while an attack traces the model on CPU (`fast.fast_layers`),
-    'xla' otherwise. 'im2col' computes with `conv_cpu` (banded for small layers, else the
-    windows): it wins for input gradients on XLA:CPU, XLA's convolution for
-    parameter gradients (training steps, GRFD's second-order L_rb) and on GPU / TPU."""
+def resolve_impl(impl: str, x_shape=None, kernel_shape=None, padding="SAME") -> str:
+    """'auto' -> 'im2col' while an attack traces the model on CPU (`fast.fast_layers`);
+    otherwise 'banded' on the CPU backend where `banded_padding` allows it (given the
+    shapes), else 'xla'. 'im2col' computes with `conv_cpu` (banded for small layers, else
+    the windows), which wins for input gradients on XLA:CPU; for parameter gradients
+    (training, GRFD's second-order L_rb) the banded form beats XLA's convolution on
+    XLA:CPU and the windows do not; GPU / TPU use XLA's."""
     if impl == "auto":
-        return "im2col" if _im2col_auto.get() else "xla"
+        if _im2col_auto.get():
+            return "im2col"
+        if (x_shape is not None and jax.default_backend() == "cpu"
+                and banded_padding(x_shape, kernel_shape, (1, 1), padding) is not None):
+            return "banded"
+        return "xla"
     if impl not in ("xla", "im2col"):
         raise ValueError(f"conv impl must be auto, xla or im2col, got {impl!r}")
     return impl
@@ -119,8 +134,12 @@ class Conv(nn.Module):
                             (kh, kw, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-        if resolve_impl(self.impl) == "im2col":
+        impl = resolve_impl(self.impl, x.shape, kernel.shape, self.padding)
+        if impl == "im2col":
             y = conv_cpu(x, kernel, (1, 1), self.padding)
+        elif impl == "banded":
+            y = conv_banded(x, kernel, banded_padding(x.shape, kernel.shape, (1, 1),
+                                                      self.padding))
         else:
             y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))

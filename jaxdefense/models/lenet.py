@@ -14,9 +14,9 @@ class LeNet5(nn.Module):
     """conv5x5(6, same) - pool - conv5x5(16, valid) - pool - fc120 - fc84 - fc classes.
 
     `width` scales every layer (1.0 is the original; tests use less). Inputs NHWC in pixel
-    units, normalized here with (mean, std). conv_impl: 'auto' (im2col while an attack
-    traces the model on CPU, XLA's convolution otherwise: `layers.resolve_impl`), 'xla' or
-    'im2col'; the parameters are the same either way.
+    units, normalized here with (mean, std). conv_impl: 'auto' (on CPU banded matrix
+    products, XLA's convolution on GPU / TPU: `layers.resolve_impl`), 'xla' or 'im2col'
+    (`layers.conv_cpu`); the parameters are the same either way.
     feature_hook: an optional module `hook(f, train) -> f` applied to the last feature map
     (16x5x5 at width 1), e.g. FSR.
     """
