@@ -163,11 +163,8 @@ def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 10
     if targets is not None or buckets is None or not on_host(x, y, key, eps):
         return run(x, y, key, targets, n_target_classes)[0]
     logits = jit_logits(f, x, key, stochastic)
-    target_list = ranked_targets(logits, n_target_classes)
-    keys = jax.random.split(key, target_list.shape[0])
-    return per_target_stages(
-        lambda t, rows: run(x[rows], y[rows], keys[t], target_list[t][rows], 1),
-        x, np.asarray(jnp.argmax(logits, 1) == y), target_list.shape[0], buckets)
+    return per_target_stages(lambda xr, yr, tr, k: run(xr, yr, k, tr, 1), x, y, logits,
+                             ranked_targets(logits, n_target_classes), key, buckets)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "steps", "n_target_classes", "restarts", "rho",

@@ -122,7 +122,6 @@ def bucket_size(n: int, total: int, buckets: str = "fine") -> int:
     size = 1 << max(0, (n - 1).bit_length())
     if buckets == "fine" and size >= 4 and n <= 3 * size // 4:
         size = 3 * size // 4
-    size = min(total, size)
     return min(total, -(-size // d) * d)
 
 
@@ -150,19 +149,23 @@ def on_robust_bucket(attack, robust: np.ndarray, buckets: str = "fine"):
     return idx, jax.tree.map(lambda a: a[:len(idx)], out)
 
 
-def per_target_stages(run, x, correct, n_targets: int, buckets: str = "fine"):
+def per_target_stages(run, x, y, logits, target_list, key, buckets: str = "fine"):
     """A targeted attack staged on the host, one target class at a time, as the reference
-    runs APGD-T and FAB-T: stage t calls `run(t, rows) -> (x_adv, score, fooled)` on the
-    rows of x [B, ...] still robust (`correct` [B] at the start, numpy bool; then not fooled
-    by an earlier stage), gathered into a bucket (`gather_bucket`). Per sample keeps the
-    first fooling point, else the highest-score one (`keep_best`); rows never attacked keep
-    x. Returns x_adv [B, ...]."""
+    runs APGD-T and FAB-T. target_list [n, B]: the classes per stage; stage t calls
+    `run(x[rows], y[rows], target_list[t][rows], keys[t]) -> (x_adv, score, fooled)`
+    (keys = split(key, n)) on the rows still robust (correctly classified by `logits` [B,
+    classes] at the start, then not fooled by an earlier stage), gathered into a bucket
+    (`gather_bucket`). Per sample keeps the first fooling point, else the highest-score one
+    (`keep_best`); rows never attacked keep x. Returns x_adv [B, ...]."""
+    keys = jax.random.split(key, target_list.shape[0])
     best = init_best(x)
-    robust = np.array(correct, bool)
-    for t in range(n_targets):
+    robust = np.array(jnp.argmax(logits, 1) == y, bool)
+    for t in range(target_list.shape[0]):
         if not robust.any():
             break
-        rows, out = on_robust_bucket(lambda sub, t=t: run(t, sub), robust, buckets)
+        rows, out = on_robust_bucket(
+            lambda sub, t=t: run(x[sub], y[sub], target_list[t][sub], keys[t]), robust,
+            buckets)
         merged = keep_best(*out, tuple(a[rows] for a in best))
         best = tuple(a.at[rows].set(m) for a, m in zip(best, merged))
         robust[rows] &= ~np.asarray(merged[2])

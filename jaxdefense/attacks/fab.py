@@ -39,11 +39,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdefense.attacks.apgd import ranked_targets
-from jaxdefense.attacks.common import (check_budget, check_buckets, check_images, on_host,
-                                       jit_logits, per_target_stages)
+from jaxdefense.attacks.common import (check_budget, check_buckets, check_images, jit_logits,
+                                       on_host, per_target_stages)
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.models.fast import fast
 
@@ -57,7 +56,8 @@ def _largest_level_below(value, c, hi, steps: int = 32):
     """Per row the largest float32 lam in [0, hi] with value(lam) <= c, for `value` [N] ->
     [N] nondecreasing in lam and value(0) <= c: a bisection over the bit patterns of the
     non-negative float32 numbers (ordered as the numbers), so 32 steps reach neighbouring
-    floats from any range [0, hi]. A `fori_loop` (unrolled, compile time grows)."""
+    floats from any range [0, hi]. A `fori_loop`, not unrolled (XLA's compile time grows
+    steeply with unrolled steps)."""
     as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)
 
     def body(_, lh):
@@ -71,11 +71,12 @@ def _largest_level_below(value, c, hi, steps: int = 32):
 
 
 def _piecewise_solve(gain, weight, breaks, c):
-    """lam [N, 1] >= 0 with sum_i (gain_i if breaks_i <= lam else lam * weight_i) = c, the
-    sum being nondecreasing and continuous in lam (coordinate i saturates at breaks_i, where
-    lam * weight_i = gain_i): the breakpoint segment that holds lam* is found by bisection
-    (`_largest_level_below`), then lam solved exactly on it. Where c exceeds the sum at
-    every lam the result is unused (callers take the box corner)."""
+    """(lam [N, 1] >= 0, feasible [N, 1]): lam with sum_i (gain_i if breaks_i <= lam else
+    lam * weight_i) = c, the sum being nondecreasing and continuous in lam (coordinate i
+    saturates at breaks_i, where lam * weight_i = gain_i): the breakpoint segment that holds
+    lam* is found by bisection (`_largest_level_below`), then lam solved exactly on it.
+    feasible: c < sum_i gain_i, the sum's largest value; elsewhere lam is unused (callers
+    take the box corner)."""
     def level(lam):
         lam = lam[:, None]
         return jnp.sum(jnp.where(breaks <= lam, gain, lam * weight), axis=1)
@@ -83,7 +84,7 @@ def _piecewise_solve(gain, weight, breaks, c):
     sat = breaks <= lo[:, None]
     free = jnp.sum(jnp.where(sat, 0.0, weight), axis=1)
     lam = (c - jnp.sum(jnp.where(sat, gain, 0.0), axis=1)) / jnp.where(free > 0, free, 1.0)
-    return jnp.maximum(lam, 0.0)[:, None]
+    return jnp.maximum(lam, 0.0)[:, None], (c < jnp.sum(gain, axis=1))[:, None]
 
 
 def projection_linf(t, w, b):
@@ -100,17 +101,17 @@ def projection_linf(t, w, b):
     sort (XLA:CPU's sort was most of FAB's time) and lam* is solved on that segment: the
     same displacement up to float32 rounding (bench/fab_vs_reference.py).
     """
-    sign = jnp.where(jnp.sum(w * t, axis=1) - b >= 0, 1.0, -1.0)
+    c = jnp.sum(w * t, axis=1) - b
+    sign = jnp.where(c >= 0, 1.0, -1.0)
     w = w * sign[:, None]                      # now w.t >= b: w.z must decrease to b
-    c = jnp.sum(w * t, axis=1) - b * sign      # by c >= 0
+    c = c * sign                               # by c >= 0
     nonzero = (w != 0).astype(t.dtype)
     a = (w < 0).astype(t.dtype)                # the face each coordinate moves to
     d = (a - t) * nonzero                      # the largest move within the box
     p = a - t * (2 * a - 1)                    # its length |a - t|
     aw = jnp.abs(w)
-    lam = _piecewise_solve(aw * p, aw, p, c)
+    lam, feasible = _piecewise_solve(aw * p, aw, p, c)
     moved = jnp.where(p <= lam, d, (2 * a - 1) * lam)
-    feasible = (c < jnp.sum(aw * p, axis=1))[:, None]
     return jnp.where(feasible, moved, d) * nonzero
 
 
@@ -137,9 +138,8 @@ def projection_l2(t, w, b):
     r = jnp.where(small | (r == -1e12), 1e12, r)
     d = -(r * w) * (~small).astype(t.dtype)    # every coordinate at its face
     gain = -w * d                              # how much each face lowers w.z (>= 0)
-    lam = _piecewise_solve(gain, w * w, r, c)
+    lam, feasible = _piecewise_solve(gain, w * w, r, c)
     moved = jnp.where(r <= lam, d, -lam * w)
-    feasible = (c < jnp.sum(gain, axis=1))[:, None]
     return jnp.where(feasible, moved, d) * (~small).astype(t.dtype)
 
 
@@ -231,15 +231,12 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps:
                                        jnp.float32(beta))
     if targets is not None or buckets is None or not on_host(x, y, key, eps):
         return run(x, y, key, targets, int(n_target_classes))[0]
-    logits = jit_logits(f, x)
-    target_list = ranked_targets(logits, n_target_classes)
-    keys = jax.random.split(key, target_list.shape[0])
-
-    def stage(t, rows):
-        adv, fooled = run(x[rows], y[rows], keys[t], target_list[t][rows], 1)
+    def stage(xr, yr, tr, k):
+        adv, fooled = run(xr, yr, k, tr, 1)
         return adv, jnp.zeros(fooled.shape), fooled
-    return per_target_stages(stage, x, np.asarray(jnp.argmax(logits, 1) == y),
-                             target_list.shape[0], buckets)
+    logits = jit_logits(f, x)
+    return per_target_stages(stage, x, y, logits, ranked_targets(logits, n_target_classes),
+                             key, buckets)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "norm_name", "steps", "n_target_classes",
