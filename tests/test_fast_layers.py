@@ -62,12 +62,17 @@ def test_banded_convolution_matches_xla_values_and_gradients(shape, k, padding):
         xx, kk, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     pads = padding if not isinstance(padding, str) else (
         layers._pads(shape[1], k[0], 1, padding), layers._pads(shape[2], k[1], 1, padding))
-    banded = lambda xx, kk: layers.conv_banded(xx, kk, pads)
-    np.testing.assert_allclose(banded(x, kernel), xla(x, kernel), rtol=1e-5, atol=2e-5)
+    width = shape[2] + sum(pads[1]) - k[1] + 1
     loss = lambda fn: lambda xx, kk: jnp.sum(jnp.sin(fn(xx, kk)))
-    for got, want in zip(jax.grad(loss(banded), (0, 1))(x, kernel),
-                         jax.grad(loss(xla), (0, 1))(x, kernel)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    want = xla(x, kernel), jax.grad(loss(xla), (0, 1))(x, kernel)
+    # the default block, im2col-like single columns, uneven blocks (the last one padded;
+    # built from column offsets when blocks outnumber them), one band over the whole row
+    for block in (None, 1, 3, width):
+        banded = lambda xx, kk: layers.conv_banded(xx, kk, pads, block)
+        np.testing.assert_allclose(banded(x, kernel), want[0], rtol=1e-5, atol=2e-5)
+        for got, ref in zip(jax.grad(loss(banded), (0, 1))(x, kernel), want[1]):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    banded = lambda xx, kk: layers.conv_banded(xx, kk, pads)
     # conv_cpu picks it for these small layers, im2col for strides or big bands
     count = lambda f: str(jax.make_jaxpr(f)(x, kernel)).count("dot_general")
     assert count(lambda xx, kk: layers.conv_cpu(xx, kk, (1, 1), padding)) == count(banded)

@@ -48,24 +48,51 @@ def conv_windows(x, kernel, strides=(1, 1), padding="SAME"):
     return jnp.einsum("bhwpc,pco->bhwo", cols, kernel.reshape(kh * kw, cin, cout))
 
 
-def conv_banded(x, kernel, padding=((0, 0), (0, 0))):
-    """Stride-1 NHWC convolution (HWIO kernel) as one matrix product: the kh padded input
-    rows each output row reads, [B, Ho, kh * Wp * cin], times the banded (Toeplitz) matrix
-    that slides the kernel along the width, [kh * Wp * cin, Wo * cout]. It does Wp / kw
-    times the multiply-adds of the convolution, but in a shape the CPU's matrix product
-    runs near its peak, where im2col's [*, kh * kw * cin] x [kh * kw * cin, cout] with few
-    output channels does not. padding: ((low, high), (low, high))."""
+def band_block(w: int, kw: int, cout: int) -> int:
+    """Output columns per block for `conv_banded`: the divisor d of the output width w that
+    minimizes (d + kw - 1) / kw * (1 + 41 / (d * cout)): the multiply-adds spent on the
+    band's zeros against the product's width N = d * cout, below which the CPU's matrix
+    product loses efficiency. The 41 is fitted to LeNet-5's layers, where it picks the
+    fastest blocks measured (4 of 28 columns for 1 -> 6 channels, 5 of 10 for 6 -> 16;
+    BENCHMARKS.md); block 1 is im2col, block w one band over the whole row."""
+    cost = lambda d: (d + kw - 1) / kw * (1 + 41 / (d * cout))
+    return min((d for d in range(1, w + 1) if w % d == 0), key=cost)
+
+
+def conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
+    """Stride-1 NHWC convolution (HWIO kernel) as one matrix product. The output width is
+    cut into blocks of `block` columns (default `band_block`; the last block is padded);
+    each block reads
+    block + kw - 1 padded input columns of kh rows, [B, Ho, blocks, kh * (block + kw - 1)
+    * cin], times one banded (Toeplitz) matrix that slides the kernel along the block,
+    [kh * (block + kw - 1) * cin, block * cout]. It does (block + kw - 1) / kw times the
+    multiply-adds of the convolution, but in a shape the CPU's matrix product runs near its
+    peak, where im2col's [*, kh * kw * cin] x [kh * kw * cin, cout] with few output
+    channels does not (block = Wo: one band over the whole row). padding: ((low, high),
+    (low, high))."""
     kh, kw, cin, cout = kernel.shape
-    x = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-    b, hp, wp, _ = x.shape
-    h, w = hp - kh + 1, wp - kw + 1
-    rows = jnp.concatenate([x[:, i:i + h].reshape(b, h, wp * cin) for i in range(kh)], -1)
-    offset = np.arange(wp)[:, None] - np.arange(w)[None, :]          # input col - output col
+    b, hi, wi, _ = x.shape
+    h, w = hi + sum(padding[0]) - kh + 1, wi + sum(padding[1]) - kw + 1
+    block = band_block(w, kw, cout) if block is None else min(block, w)
+    n_blocks = -(-w // block)
+    extra = n_blocks * block - w                      # right padding to whole blocks
+    x = jnp.pad(x, ((0, 0), tuple(padding[0]), (padding[1][0], padding[1][1] + extra),
+                    (0, 0)))
+    win = block + kw - 1
+    if n_blocks <= win:      # [B, Hp, blocks, win, cin]: each block's input columns...
+        blocks = jnp.stack([x[:, :, j * block:j * block + win] for j in range(n_blocks)], 2)
+    else:                    # ... or, with fewer slices, each column offset's blocks
+        last = (n_blocks - 1) * block + 1
+        blocks = jnp.stack([x[:, :, c:c + last:block] for c in range(win)], 3)
+    blocks = blocks.reshape(b, h + kh - 1, n_blocks, win * cin)
+    rows = jnp.concatenate([blocks[:, i:i + h] for i in range(kh)], -1)
+    offset = np.arange(win)[:, None] - np.arange(block)[None, :]    # input col - output col
     inside = (offset >= 0) & (offset < kw)
     band = jnp.where(inside[None, :, :, None, None], kernel[:, np.clip(offset, 0, kw - 1)],
-                     0.0)                                           # [kh, wp, w, cin, cout]
-    band = band.transpose(0, 1, 3, 2, 4).reshape(kh * wp * cin, w * cout)
-    return (rows @ band).reshape(b, h, w, cout)
+                     0.0)                                        # [kh, win, block, cin, cout]
+    band = band.transpose(0, 1, 3, 2, 4).reshape(kh * win * cin, block * cout)
+    y = (rows.reshape(-1, kh * win * cin) @ band).reshape(b, h, n_blocks * block, cout)
+    return y[:, :, :w] if extra else y
 
 
 # The banded matrix's largest size (elements) for `conv_cpu` to pick it: LeNet-5's layers

@@ -33,8 +33,10 @@ class LeNet5(nn.Module):
         w = lambda n: max(1, int(round(n * self.width)))
         x = normalize(x, self.mean, self.std, self.dtype)
         conv = lambda n, pad, name: Conv(n, (5, 5), pad, self.conv_impl, self.dtype, name=name)
-        x = max_pool_2x2(nn.relu(conv(w(6), "SAME", "Conv_0")(x)))
-        x = max_pool_2x2(nn.relu(conv(w(16), "VALID", "Conv_1")(x)))
+        # pool before relu: the same values and gradients (max and relu commute), on 4x
+        # fewer elements
+        x = nn.relu(max_pool_2x2(conv(w(6), "SAME", "Conv_0")(x)))
+        x = nn.relu(max_pool_2x2(conv(w(16), "VALID", "Conv_1")(x)))
         if self.feature_hook is not None:
             x = self.feature_hook(x, train)
         x = x.reshape(x.shape[0], -1)
