@@ -161,3 +161,25 @@ def test_attacks_trace_through_fast_layers_and_keep_their_cache(monkeypatch):
     plain = attacks.pgd(f, x, y, jax.random.key(0), eps=0.1, steps=3)
     assert traces[-1] == 5
     np.testing.assert_allclose(adv, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 1)])
+def test_pool_2x2_gradient_goes_to_the_first_maximum_as_nn_max_pool(shape):
+    """Ties are common (a uniform background gives equal activations): the gradient of
+    layers.max_pool_2x2 goes to the first maximum of each window in row-major order, exactly
+    as nn.max_pool's select-and-scatter, where jnp.max's would split it."""
+    from jaxdefense.models import layers
+    x = jnp.round(jax.random.uniform(jax.random.key(0), shape) * 2) / 2     # many ties
+    x = x.at[0, :4, :4].set(0.5)                                           # all-equal windows
+    w = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    ref_pool = lambda xx: fast_mod._original_max_pool(xx, (2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), ref_pool(x))
+    grad = lambda pool: jax.jit(jax.grad(lambda xx: jnp.sum(pool(xx) * w)))(x)
+    got = grad(layers.max_pool_2x2)
+    np.testing.assert_array_equal(got, grad(ref_pool))
+    np.testing.assert_array_equal(got[0, :2, :2, 0], [[w[0, 0, 0, 0], 0.0], [0.0, 0.0]])
+    # pooling before the relu gives the relu-then-pool values and gradients (LeNet-5's order)
+    both = lambda f: (f(x - 0.5), jax.grad(lambda xx: jnp.sum(f(xx) * w))(x - 0.5))
+    for a, b in zip(both(lambda xx: nn.relu(layers.max_pool_2x2(xx))),
+                    both(lambda xx: layers.max_pool_2x2(nn.relu(xx)))):
+        np.testing.assert_array_equal(a, b)

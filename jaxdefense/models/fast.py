@@ -3,14 +3,16 @@ their code.
 
 XLA:CPU runs a small `lax.conv_general_dilated` and the gradient of `reduce_window` max
 (`nn.max_pool`'s select-and-scatter) slowly; the same math as one matrix product
-(`layers.conv_cpu`: banded for small stride-1 layers, im2col otherwise) and as a reshape-max
-runs well (`layers.py`). `fast_layers()` is a context
+(`layers.conv_cpu`: banded for small stride-1 layers, im2col otherwise) and as pairwise
+maxima runs well (`layers.py`). `fast_layers()` is a context
 in which, while a function is traced:
 - every `flax.linen.Conv` (2-D, no dilation, no feature groups, no mask; any strides, 'SAME',
   'VALID' or explicit padding) computes with `layers.conv_cpu` from its own parameters, through
   `nn.intercept_methods`, so parameters, names and checkpoints are unchanged;
-- `flax.linen.max_pool` with non-overlapping windows (window == strides, 'VALID') is a
-  reshape-max (the attribute is swapped for the duration of the context, so calls written
+- `flax.linen.max_pool` with non-overlapping windows (window == strides, 'VALID') is
+  `layers.max_pool_2x2` for 2x2 windows (the gradient goes to the first maximum of a
+  window, as nn.max_pool's), a reshape-max for other sizes (its gradient splits ties
+  evenly) (the attribute is swapped for the duration of the context, so calls written
   `nn.max_pool(...)` are covered; a name imported before with `from flax.linen import
   max_pool` is not);
 - the project's `layers.Conv(impl='auto')` computes with `conv_cpu` (outside: the banded
@@ -84,12 +86,14 @@ def _interceptor(next_fun, args, kwargs, context):
 
 
 def max_pool(inputs, window_shape, strides=None, padding="VALID"):
-    """`nn.max_pool`, as a reshape-max when the windows tile the image (window == strides,
-    'VALID', 4-D input); otherwise the original."""
+    """`nn.max_pool`, as `layers.max_pool_2x2` or a reshape-max when the windows tile the
+    image (window == strides, 'VALID', 4-D input); otherwise the original."""
     window_shape = tuple(window_shape)
     if (inputs.ndim == 4 and len(window_shape) == 2 and padding == "VALID"
             and (strides is None and window_shape == (1, 1)
                  or strides is not None and tuple(strides) == window_shape)):
+        if window_shape == (2, 2):
+            return layers.max_pool_2x2(inputs)
         b, h, w, c = inputs.shape
         kh, kw = window_shape
         x = inputs[:, :h - h % kh, :w - w % kw]

@@ -171,10 +171,44 @@ class Conv(nn.Module):
 
 
 def max_pool_2x2(x):
-    """2x2 max pooling, stride 2, VALID (an odd last row/column is dropped), as reshape-max."""
+    """2x2 max pooling, stride 2, VALID (an odd last row/column is dropped). The gradient
+    goes to the first maximum of each window in row-major order (as nn.max_pool's
+    select-and-scatter and torch's max_pool2d; jnp.max would split it among ties, which
+    uniform image regions make common). Computed as pairwise maxima whose choices (bits) the
+    backward pass reuses: on XLA:CPU far cheaper than a reduce-window or a reshape-max
+    gradient."""
     b, h, w, c = x.shape
-    x = x[:, :h - h % 2, :w - w % 2]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return _pool_2x2(x[:, :h - h % 2, :w - w % 2])
+
+
+def _pool_2x2_parts(x):
+    """(max, (right beats left in the top row, ... in the bottom row, bottom beats top))."""
+    b, h, w, c = x.shape
+    q = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    top = jnp.maximum(q[:, :, 0, :, 0], q[:, :, 0, :, 1])
+    bottom = jnp.maximum(q[:, :, 1, :, 0], q[:, :, 1, :, 1])
+    choices = (q[:, :, 0, :, 1] > q[:, :, 0, :, 0], q[:, :, 1, :, 1] > q[:, :, 1, :, 0],
+               bottom > top)
+    return jnp.maximum(top, bottom), choices
+
+
+@jax.custom_vjp
+def _pool_2x2(x):
+    return _pool_2x2_parts(x)[0]
+
+
+def _pool_2x2_bwd(choices, g):
+    right_top, right_bottom, lower = choices
+    zero = jnp.zeros_like(g)
+    split = lambda take, gg: (jnp.where(take, zero, gg), jnp.where(take, gg, zero))
+    g_top, g_bottom = split(lower, g)
+    row = lambda gg, right: jnp.stack(split(right, gg), 3)            # [B, h/2, w/2, 2, C]
+    out = jnp.stack([row(g_top, right_top), row(g_bottom, right_bottom)], 2)
+    b, h2, _, w2, _, c = out.shape
+    return (out.reshape(b, 2 * h2, 2 * w2, c),)
+
+
+_pool_2x2.defvjp(_pool_2x2_parts, _pool_2x2_bwd)
 
 
 # Output parity p of a k4 s2 'SAME' transposed convolution reads input rows m - 1, m, m + 1
