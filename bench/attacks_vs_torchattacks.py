@@ -9,7 +9,9 @@ into the same LeNet-5 in PyTorch (logits checked equal), then times each attack 
 batch(es) of test[8000:] in both libraries (median of --repeats runs after a warm-up, so
 compile time is excluded; the warm-up's own time, compiles included, is the last column) and
 reports the robust accuracy each reaches, under the Linf or the L2 threat model (`--norm`).
-`--buckets=fine,pow2` times the attacks that drop fooled points with both bucket kinds. torchattacks' APGD and FAB default to 10 iterations (and its
+`--buckets=fine,pow2` times the attacks that drop fooled points with both bucket kinds. The
+first row is one cross-entropy input gradient (the work of one PGD / APGD iteration; median
+of at least 100 calls) in both, and how far apart the two gradients are. torchattacks' APGD and FAB default to 10 iterations (and its
 AutoAttack passes none); here both libraries run the reference's 100. torch and torchattacks
 are benchmark-only dependencies.
 """
@@ -33,6 +35,7 @@ import torchattacks
 from jaxdefense import attacks as ja
 from jaxdefense import data
 from jaxdefense.defenses import standard
+from jaxdefense.models.fast import fast
 
 
 class TorchLeNet5(tnn.Module):
@@ -153,7 +156,17 @@ def main():
                                      n_classes=10),
                     torchattacks.Square(net, norm=norm, eps=eps, n_queries=q,
                                         resc_schedule=False)]
+    def torch_input_gradient(xb, yb):
+        xb = xb.clone().requires_grad_(True)
+        loss = tnn.functional.cross_entropy(net(xb), yb, reduction="sum")
+        return torch.autograd.grad(loss, xb)[0]
+
+    jax_input_gradient = jax.jit(jax.grad(
+        lambda xb, yb: ja.losses.get_loss("ce")(fast(f)(xb), yb).sum()))
     suite = {
+        # one step's work for the gradient attacks: the LeNet-5's cross-entropy gradient
+        # with respect to the images (what PGD's and APGD's iterations are made of)
+        "input gradient (one CE step)": (jax_input_gradient, torch_input_gradient),
         "PGD-20": (lambda xb, yb: ja.pgd(f, xb, yb, key, eps=eps, step_size=step, steps=20,
                                          norm=norm), torch_pgd),
         "APGD-CE-100": (lambda xb, yb: ja.apgd(f, xb, yb, key, eps=eps, steps=100, norm=norm),
@@ -212,19 +225,29 @@ def main():
     for name, (jfn, tatk) in suite.items():
         if only and not name.startswith(only):
             continue
-        jt, tt, jc, tc, jfirst = [], [], 0, 0, 0.0
+        gradient_row = name.startswith("input gradient")     # not an attack
+        repeats = max(args.repeats, 100) if gradient_row else args.repeats
+        jt, tt, jc, tc, jfirst, rel = [], [], 0, 0, 0.0, 0.0
         for b in range(args.batches):
             xb, yb = jnp.asarray(x_np[b * B:(b + 1) * B]), jnp.asarray(y_np[b * B:(b + 1) * B])
-            t, first, adv = timed(lambda: jax.block_until_ready(jfn(xb, yb)), args.repeats)
+            t, first, adv = timed(lambda: jax.block_until_ready(jfn(xb, yb)), repeats)
             jt.append(t)
             jfirst += first
-            jc += int(np.sum(np.asarray(jnp.argmax(f(adv), 1)) == y_np[b * B:(b + 1) * B]))
             xtb, ytb = xt[b * B:(b + 1) * B], yt[b * B:(b + 1) * B]
-            t, _, tadv = timed(lambda: tatk(xtb, ytb), args.repeats)
+            t, _, tadv = timed(lambda: tatk(xtb, ytb), repeats)
             tt.append(t)
+            if gradient_row:             # the two gradients, relative max difference
+                diff = np.abs(np.asarray(adv).transpose(0, 3, 1, 2) - tadv.numpy()).max()
+                rel = max(rel, float(diff / np.abs(tadv.numpy()).max()))
+                continue
+            jc += int(np.sum(np.asarray(jnp.argmax(f(adv), 1)) == y_np[b * B:(b + 1) * B]))
             with torch.no_grad():
                 tc += int((net(tadv).argmax(1) == ytb).sum())
         jm, tm = 1000 * statistics.mean(jt), 1000 * statistics.mean(tt)
+        if gradient_row:
+            print(f"| {name} | {jm:.2f} | {tm:.2f} | {tm / jm:.2f} | gradients within "
+                  f"{rel:.1e} (max, relative) | | {jfirst:.1f} |", flush=True)
+            continue
         print(f"| {name} | {jm:.0f} | {tm:.0f} | {tm / jm:.2f} | {jc / n:.4f} | {tc / n:.4f} | "
               f"{jfirst:.1f} |", flush=True)
 
