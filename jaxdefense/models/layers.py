@@ -63,14 +63,13 @@ def band_block(w: int, kw: int, cout: int) -> int:
 def conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
     """Stride-1 NHWC convolution (HWIO kernel) as one matrix product. The output width is
     cut into blocks of `block` columns (default `band_block`; the last block is padded);
-    each block reads
-    block + kw - 1 padded input columns of kh rows, [B, Ho, blocks, kh * (block + kw - 1)
-    * cin], times one banded (Toeplitz) matrix that slides the kernel along the block,
-    [kh * (block + kw - 1) * cin, block * cout]. It does (block + kw - 1) / kw times the
-    multiply-adds of the convolution, but in a shape the CPU's matrix product runs near its
-    peak, where im2col's [*, kh * kw * cin] x [kh * kw * cin, cout] with few output
-    channels does not (block = Wo: one band over the whole row). padding: ((low, high),
-    (low, high))."""
+    each block's kh rows of block + kw - 1 padded input columns, [B, Ho, blocks,
+    kh * (block + kw - 1) * cin], times one banded (Toeplitz) matrix that slides the kernel
+    along the block, [kh * (block + kw - 1) * cin, block * cout], gives the block. It does
+    (block + kw - 1) / kw times the multiply-adds of the convolution, but in a shape the
+    CPU's matrix product runs near its peak, where im2col's [*, kh * kw * cin] x
+    [kh * kw * cin, cout] with few output channels does not (block = Wo: one band over the
+    whole row). padding: ((low, high), (low, high))."""
     kh, kw, cin, cout = kernel.shape
     b, hi, wi, _ = x.shape
     h, w = hi + sum(padding[0]) - kh + 1, wi + sum(padding[1]) - kw + 1
