@@ -5,7 +5,8 @@ an attack step on LeNet-5. `Conv` can compute a convolution as one matrix produc
 (`conv_cpu`: banded kernel matrices over blocks of output columns for small stride-1 layers,
 else an einsum over stacked shifted windows, im2col) and `max_pool_2x2` as pairwise maxima
 with a gradient that reuses their choices, which XLA:CPU runs well: a LeNet-5 input-gradient
-step (batch 128, 2 cores) takes 5.7 ms against 8.5 ms in PyTorch (BENCHMARKS.md).
+step (batch 128, 2 cores) runs 1.86x as fast as PyTorch's (`bench/attacks_vs_torchattacks.py`,
+BENCHMARKS.md).
 `Conv(impl='auto')` uses `conv_cpu` while an attack traces it (`fast.fast_layers`), and
 elsewhere on CPU the banded form where it applies (it also wins for training's parameter
 gradients; im2col does not), XLA's convolution otherwise. `ConvTranspose2x` computes a k4
@@ -95,14 +96,16 @@ def conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
     return y[:, :, :w] if extra else y
 
 
-# The banded matrix's largest size (elements) for `conv_cpu` to pick it: LeNet-5's layers
-# (27k and 67k) are well inside; CIFAR-sized layers (millions) are not.
+# The largest whole-row band (elements, kh * Wp * cin * Wo * cout) for `conv_cpu` to take
+# the banded form: LeNet-5's layers (27k and 67k) are well inside; CIFAR-sized layers
+# (millions) are not. The gate is on the whole-row size, though `conv_banded` now builds the
+# smaller blocked band, so that the same layers go banded as were measured (BENCHMARKS.md).
 BANDED_MAX = 1 << 18
 
 
 def banded_padding(x_shape, kernel_shape, strides=(1, 1), padding="SAME"):
     """The ((low, high), (low, high)) padding for `conv_banded` when this convolution is
-    small enough for it (stride 1, a banded matrix of at most BANDED_MAX elements), else
+    small enough for it (stride 1, a whole-row band of at most BANDED_MAX elements), else
     None."""
     kh, kw, cin, cout = kernel_shape
     if tuple(strides) != (1, 1):
