@@ -24,7 +24,10 @@ units, so that the cosines are well below 1):
     and the RSM parameter gradient (the second-order part), jax vs torch.
 It stops if a loss term differs by more than 1e-3, or more than 5% of the samples' L_rb or
 x_r-gradient in the shared-x_r check. Then per configuration the median ms of one full step
-in both (forward, backward including L_rb's second order, AdamW) and the ratio torch/jax.
+in both (forward, backward including L_rb's second order, AdamW) and the ratio torch/jax:
+--rounds alternating rounds of --steps steps of each library (so that a slow spell of the
+machine, which moves both by tens of percent here, hits both), the median of the rounds'
+medians.
 torch's threads spin-wait: its times suffer far more than JAX's when other processes load
 the CPU, so time on an otherwise idle machine.
 """
@@ -73,19 +76,29 @@ def median_ms(run, steps: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def time_step(cfg, steps: int, **models) -> dict:
-    """Median ms of the phase-I step (models: make_generator_step's vae / rsm variants)."""
+def step_runner(cfg, **models):
+    """(run, temp MiB): `run()` does one blocking phase-I step on the timing batch (models:
+    make_generator_step's vae / rsm variants), with a fresh key each call; temp MiB is XLA's
+    temporary buffer size for the compiled step."""
     state, batch, hp = setup(cfg)
     step = jax.jit(grfd.make_generator_step(cfg, **models), donate_argnums=(0,))
     compiled = step.lower(state, batch, jax.random.key(2), hp).compile()
     mem = compiled.memory_analysis()
     temp_mib = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20 if mem is not None else float("nan")
-    keys = iter(list(jax.random.split(jax.random.key(3), steps + 1)))
+    keys = list(jax.random.split(jax.random.key(3), 64))
+    calls = 0
 
     def run():
-        nonlocal state
-        state, m = compiled(state, batch, next(keys), hp)
+        nonlocal state, calls
+        state, m = compiled(state, batch, keys[calls % len(keys)], hp)
+        calls += 1
         jax.block_until_ready(m)
+    return run, temp_mib
+
+
+def time_step(cfg, steps: int, **models) -> dict:
+    """Median ms of the phase-I step (models: make_generator_step's vae / rsm variants)."""
+    run, temp_mib = step_runner(cfg, **models)
     ms = median_ms(run, steps)
     return dict(ms=ms, img_s=cfg.batch_size / ms * 1000, temp_mib=temp_mib)
 
@@ -288,8 +301,10 @@ def check_agreement(rows, torch_grfd) -> None:
         raise SystemExit(f"torch and jax differ ({', '.join(failed)}); not comparable")
 
 
-def torch_comparison(dataset: str, rows, steps: int) -> None:
-    """The agreement check, then the jax / torch timing table."""
+def torch_comparison(dataset: str, rows, steps: int, rounds: int) -> None:
+    """The agreement check, then the jax / torch timing table: per configuration `rounds`
+    alternating rounds of each library, a round's median over `steps` steps (after a warm-up
+    step), and the median of the rounds."""
     import torch
     try:
         from bench import torch_grfd
@@ -302,12 +317,17 @@ def torch_comparison(dataset: str, rows, steps: int) -> None:
     print(f"\n| {dataset} preset, batch {rows[0][1].batch_size} | jax ms/step | torch ms/step | "
           f"ratio torch/jax |\n|---|---|---|---|")
     for name, cfg in rows:
-        jax_ms = time_step(cfg, steps)["ms"]
+        run_jax, _ = step_runner(cfg)
         state, (x, y), hp = setup(cfg)
         vae, rsm = torch_grfd.from_flax(cfg, state.params, state.batch_stats)
         step = torch_grfd.make_step(cfg, vae, rsm)
         xt, yt = _torch(x, True), _torch(y).long()
-        torch_ms = median_ms(lambda: step(xt, yt, float(hp["alpha"])), steps)
+        run_torch = lambda: step(xt, yt, float(hp["alpha"]))
+        times = {"jax": [], "torch": []}
+        for _ in range(rounds):   # interleaved: a slow spell of the machine hits both
+            times["jax"].append(median_ms(run_jax, steps))
+            times["torch"].append(median_ms(run_torch, steps))
+        jax_ms, torch_ms = (statistics.median(times[k]) for k in ("jax", "torch"))
         print(f"| {name} | {jax_ms:.0f} | {torch_ms:.0f} | {torch_ms / jax_ms:.2f} |", flush=True)
 
 
@@ -318,6 +338,8 @@ def main():
     p.add_argument("--ks", default="1,2,4,8")
     p.add_argument("--torch", action="store_true",
                    help="check against a PyTorch port of the step, then time both")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--torch: alternating rounds of jax and torch steps per configuration")
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the preset's batch size (quick runs)")
     p.add_argument("--variants", type=int, default=0, metavar="ROUNDS",
@@ -333,7 +355,7 @@ def main():
     if args.variants:
         variant_table(args.dataset, rows, args.steps, args.variants)
     elif args.torch:
-        torch_comparison(args.dataset, rows, args.steps)
+        torch_comparison(args.dataset, rows, args.steps, args.rounds)
     else:
         timing_table(args.dataset, rows, args.steps)
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")

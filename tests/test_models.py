@@ -67,7 +67,7 @@ def test_batch_norm_variance_is_accurate_in_float32():
 @pytest.mark.parametrize("shape,cout", [((2, 7, 7, 8), 4), ((1, 5, 6, 3), 1)])
 def test_conv_transpose_subpixel_matches_flax(shape, cout):
     """ConvTranspose2x holds nn.ConvTranspose(4x4, s2, 'SAME')'s params and computes its
-    output and gradients (input and kernel) in either formulation."""
+    output and gradients (input and kernel) in every formulation."""
     import flax.linen as nn
     from jaxdefense.models.layers import ConvTranspose2x
     x = jax.random.normal(jax.random.key(0), shape)
@@ -78,7 +78,7 @@ def test_conv_transpose_subpixel_matches_flax(shape, cout):
     v = {"params": {"kernel": v["params"]["kernel"], "bias": v["params"]["bias"] + 0.3}}
     loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
     want = jax.value_and_grad(loss(ref), argnums=(0, 1))(v, x)
-    for impl in ("subpixel", "xla"):
+    for impl in ("subpixel", "im2col", "xla"):
         got = jax.value_and_grad(loss(ConvTranspose2x(cout, impl=impl)), argnums=(0, 1))(v, x)
         assert ConvTranspose2x(cout, impl=impl).apply(v, x).shape == (
             shape[0], 2 * shape[1], 2 * shape[2], cout)
@@ -86,6 +86,21 @@ def test_conv_transpose_subpixel_matches_flax(shape, cout):
                      got, want)
     with pytest.raises(ValueError, match="subpixel"):
         ConvTranspose2x(cout, impl="fft").init(jax.random.key(1), x)
+
+
+def test_conv_transpose_auto_picks_by_channels(monkeypatch):
+    """On CPU 'auto' takes the 2x2-window product where 4 * Cout >= Cin (the decoder's
+    64 -> 32 layer), the sub-pixel convolution otherwise (32 -> 1)."""
+    from jaxdefense.models import layers
+    calls = []
+    for name in ("conv_transpose_windows", "conv_transpose_subpixel"):
+        fn = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda x, k, fn=fn, name=name: (
+            calls.append((name, x.shape[-1], k.shape[-1])), fn(x, k))[1])
+    for cin, cout in ((64, 32), (32, 1)):
+        x = jnp.zeros((1, 3, 3, cin))
+        layers.ConvTranspose2x(cout).init(jax.random.key(0), x)
+    assert calls == [("conv_transpose_windows", 64, 32), ("conv_transpose_subpixel", 32, 1)]
 
 
 def test_lvcvae_decoder_params_keep_their_names():

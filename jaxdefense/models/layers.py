@@ -240,12 +240,41 @@ def conv_transpose_subpixel(x, kernel):
     return y.reshape(b, 2 * h, 2 * w, cout)
 
 
+# The same taps over a 2x2 window: parity 0 reads rows m - 1, m (taps 0, 2), parity 1 rows
+# m, m + 1 (taps 1, 3); [parity, window row, tap].
+_WINDOW_TAPS = np.zeros((2, 2, 4), np.float32)
+_WINDOW_TAPS[0, 0, 0] = _WINDOW_TAPS[0, 1, 2] = _WINDOW_TAPS[1, 0, 1] = \
+    _WINDOW_TAPS[1, 1, 3] = 1.0
+
+
+def conv_transpose_windows(x, kernel):
+    """flax `ConvTranspose(k 4x4, stride 2, 'SAME')` as in `conv_transpose_subpixel`, but as
+    one matrix product over the 2x2 windows of the 1-padded input (im2col): [B * (H + 1) *
+    (W + 1), 4 * Cin] x [4 * Cin, 4 * Cout], one column block per output parity; parity
+    (p, q) of output pixel (m, n) is window (m + p, n + q)'s block. (H+1)(W+1) / HW times the
+    transposed convolution's multiply-adds, against the 3x3 sub-pixel form's 9/4; the window
+    stack costs 4x the input's memory, so it pays where 4 * Cout >= Cin (`ConvTranspose2x`).
+    """
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([xp[:, i:i + h + 1, j:j + w + 1] for i in range(2) for j in range(2)],
+                           -1)
+    taps = jnp.asarray(_WINDOW_TAPS, kernel.dtype)
+    k = jnp.einsum("prt,qcs,tsio->rcipqo", taps, taps, kernel).reshape(4 * cin, 4 * cout)
+    q = (cols.reshape(-1, 4 * cin) @ k).reshape(b, h + 1, w + 1, 2, 2, cout)
+    y = jnp.stack([jnp.stack([q[:, p:p + h, r:r + w, p, r] for r in range(2)], 3)
+                   for p in range(2)], 2)                            # [B, H, 2, W, 2, Cout]
+    return y.reshape(b, 2 * h, 2 * w, cout)
+
+
 class ConvTranspose2x(nn.Module):
     """A 4x4, stride-2, 'SAME' transposed convolution with nn.ConvTranspose's parameters
     ('kernel' [4, 4, Cin, Cout], 'bias'), so checkpoints do not depend on `impl`.
 
-    impl: 'subpixel' (`conv_transpose_subpixel`), 'xla' (lax.conv_transpose) or 'auto'
-    (subpixel on CPU, xla elsewhere)."""
+    impl: 'subpixel' (`conv_transpose_subpixel`), 'im2col' (`conv_transpose_windows`), 'xla'
+    (lax.conv_transpose) or 'auto': on CPU im2col where 4 * Cout >= Cin, else subpixel
+    (the faster of the two in each layer timed, BENCHMARKS.md); xla elsewhere."""
     features: int
     impl: str = "auto"
     dtype: Any = jnp.float32
@@ -254,15 +283,19 @@ class ConvTranspose2x(nn.Module):
     def __call__(self, x):
         impl = self.impl
         if impl == "auto":
-            impl = "subpixel" if jax.default_backend() == "cpu" else "xla"
-        if impl not in ("xla", "subpixel"):
-            raise ValueError(f"transposed conv impl must be auto, xla or subpixel, got {impl!r}")
+            impl = ("xla" if jax.default_backend() != "cpu"
+                    else "im2col" if 4 * self.features >= x.shape[-1] else "subpixel")
+        if impl not in ("xla", "subpixel", "im2col"):
+            raise ValueError("transposed conv impl must be auto, xla, subpixel or im2col, got "
+                             f"{impl!r}")
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (4, 4, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
         if impl == "subpixel":
             y = conv_transpose_subpixel(x, kernel)
+        elif impl == "im2col":
+            y = conv_transpose_windows(x, kernel)
         else:
             y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
