@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import GRFDConfig, preset
+from jaxdefense import training
 from jaxdefense.training import classifier_step, cosine_per_epoch
 
 
@@ -76,6 +77,36 @@ def test_rb_loss_is_minus_one_without_noise():
     v = model.init(jax.random.key(1), x)
     got = grfd.robustness_loss(model, v, x, x, jnp.array([0, 1, 2]), jax.random.key(2), 3, 0.0)
     np.testing.assert_allclose(got, -1.0, rtol=1e-5)
+
+
+class BatchNormed(nn.Module):
+    """Dense - BatchNorm - Dense: samples coupled through the batch statistics."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.Dense(4)(x.reshape(x.shape[0], -1))
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+        return nn.Dense(3)(jnp.tanh(h))
+
+
+@pytest.mark.parametrize("model", [Smooth(), BatchNormed()], ids=["independent", "batchnorm"])
+def test_logits_and_input_gradients_equal_separate_passes(model):
+    """N batches at once (one batch of N * B without BatchNorm, vmapped with it) give each
+    batch's own training-mode logits and input gradient, and batch 0's statistics."""
+    xs = jax.random.normal(jax.random.key(0), (3, 4, 2, 2, 1))
+    y = jnp.array([0, 2, 1, 1])
+    v = model.init(jax.random.key(1), xs[0])
+    g, logits, stats = grfd.logits_and_input_gradients(model, v, xs, y, jax.random.key(2))
+    for n in range(3):
+        want, new = model.apply(v, xs[n], train=True, mutable=["batch_stats"])
+        np.testing.assert_allclose(logits[n], want, rtol=1e-5, atol=1e-6)
+        fwd = lambda x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]
+        np.testing.assert_allclose(g[n], training.input_gradient(fwd, xs[n], y), rtol=1e-5,
+                                   atol=1e-6)
+        if n == 0:
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                         stats, new.get("batch_stats", {}))
+    assert bool(stats) == ("batch_stats" in v)
 
 
 def test_kl_and_cosine_values():

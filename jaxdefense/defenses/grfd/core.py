@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdefense import config, training
+from jaxdefense import config
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses.grfd.config import GRFDConfig
 from jaxdefense.models import LVCVAE
@@ -81,22 +81,56 @@ def input_gradient(rsm, rsm_vars, x, y, dropout_key):
     Built with `jax.grad`, so the caller can differentiate through it (second order). The
     BatchNorm statistics updated here are discarded.
     """
-    return training.input_gradient(
-        lambda xi: rsm.apply(rsm_vars, xi, train=True, rngs={"dropout": dropout_key},
-                             mutable=["batch_stats"])[0], x, y)
+    return logits_and_input_gradients(rsm, rsm_vars, x[None], y, dropout_key)[0][0]
+
+
+def logits_and_input_gradients(rsm, rsm_vars, xs, y, dropout_key):
+    """The RSM in training mode on N batches xs [N, B, ...] (pixel units): (d/dx of
+    sum_i CE(RSM(x)_i, y_i) [N, B, ...], logits [N, B, C], the BatchNorm statistics after
+    batch 0's pass). Differentiable again (second order).
+
+    Each batch is its own forward pass (vmapped: its own BatchNorm statistics, the same
+    dropout key). An RSM without BatchNorm statistics treats samples independently, so the
+    N batches then run as one batch of N * B, the same math in larger matrix products
+    (faster on CPU; a dropout layer would then draw different masks for the N batches).
+    """
+    n, b = xs.shape[:2]
+
+    def forward(x, labels):
+        def ce_sum(xi):
+            logits, new_vars = rsm.apply(rsm_vars, xi, train=True,
+                                         rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+            return ce, (logits, new_vars.get("batch_stats", {}))
+        return jax.grad(ce_sum, has_aux=True)(x)
+
+    if not rsm_vars.get("batch_stats"):
+        g, (logits, stats) = forward(xs.reshape(n * b, *xs.shape[2:]), jnp.tile(y, n))
+        return g.reshape(xs.shape), logits.reshape(n, b, -1), stats
+    g, (logits, stats) = jax.vmap(lambda x: forward(x, y))(xs)
+    return g, logits, jax.tree.map(lambda a: a[0], stats)
+
+
+def _rb_inputs(x_clean, x_r, key, samples: int, noise_std):
+    """([x_clean, x_r + v_1, ..., x_r + v_K] [K + 1, B, ...], dropout key), v_k ~ N(0,
+    noise_std^2) (pixel units, broadcast per channel)."""
+    k_noise, k_drop = jax.random.split(key)
+    noise = jax.random.normal(k_noise, (samples, *x_r.shape)) * noise_std
+    return jnp.concatenate([x_clean[None], x_r[None] + noise]), k_drop
+
+
+def _rb_from_gradients(g):
+    """L_rb per sample from the input gradients [clean, perturbed_1..K]: -mean_k cos."""
+    return -jnp.mean(jax.vmap(lambda gk: cosine_per_sample(g[0], gk))(g[1:]), axis=0)
 
 
 def robustness_loss(rsm, rsm_vars, x_clean, x_r, y, key, samples: int, noise_std):
     """L_rb per sample: -mean_v cos(grad at x_clean, grad at x_r + v), v ~ N(0, noise_std^2).
 
-    `noise_std` is in pixel units (broadcast per channel). vmapped over the K noise draws.
-    """
-    k_noise, k_drop = jax.random.split(key)
-    g_clean = input_gradient(rsm, rsm_vars, x_clean, y, k_drop)
-    noise = jax.random.normal(k_noise, (samples, *x_r.shape)) * noise_std
-    g_pert = jax.vmap(lambda v: input_gradient(rsm, rsm_vars, x_r + v, y, k_drop))(noise)
-    cos = jax.vmap(lambda g: cosine_per_sample(g_clean, g))(g_pert)   # [K, B]
-    return -jnp.mean(cos, axis=0)
+    `noise_std` is in pixel units (broadcast per channel). The clean and the K perturbed
+    gradients are one computation (`logits_and_input_gradients`)."""
+    xs, k_drop = _rb_inputs(x_clean, x_r, key, samples, noise_std)
+    return _rb_from_gradients(logits_and_input_gradients(rsm, rsm_vars, xs, y, k_drop)[0])
 
 
 def make_generator_step(cfg: GRFDConfig, vae=None, rsm=None):
@@ -116,8 +150,20 @@ def make_generator_step(cfg: GRFDConfig, vae=None, rsm=None):
         x_u = out["x_u"]
         x_r = x - x_u
         rsm_vars = {"params": params["rsm"], "batch_stats": batch_stats["rsm"]}
-        logits, rsm_bs = rsm.apply(rsm_vars, x_r, train=True, rngs={"dropout": k_drop},
-                                   mutable=["batch_stats"])
+        logits = None
+        if cfg.delta > 0:
+            xs, k_rb_drop = _rb_inputs(x_r if cfg.rb_clean_at == "x_r" else x_u, x_r, k_rb,
+                                       cfg.rb_samples, noise_std)
+            g, rb_logits, rb_stats = logits_and_input_gradients(rsm, rsm_vars, xs, y, k_rb_drop)
+            l_rb = _rb_from_gradients(g)
+            if cfg.rb_clean_at == "x_r":     # the clean pass at x_r is also L_cl's forward
+                logits, rsm_stats = rb_logits[0], rb_stats
+        else:
+            l_rb = jnp.zeros(len(y))
+        if logits is None:
+            logits, rsm_bs = rsm.apply(rsm_vars, x_r, train=True, rngs={"dropout": k_drop},
+                                       mutable=["batch_stats"])
+            rsm_stats = rsm_bs.get("batch_stats", {})
         x_norm = (x - jnp.asarray(vae.mean)) / jnp.asarray(vae.std)
         l_rc = jnp.mean((out["recon"] - x_norm) ** 2, axis=(1, 2, 3))
         l_kl = gaussian_kl(out["mu"], out["logvar"])
@@ -125,12 +171,6 @@ def make_generator_step(cfg: GRFDConfig, vae=None, rsm=None):
         l_rf = (optax.softmax_cross_entropy_with_integer_labels(out["logits_z"], y)
                 if rectified else jnp.zeros(len(y)))
         l_cl = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        if cfg.delta > 0:
-            x_clean = x_r if cfg.rb_clean_at == "x_r" else x_u
-            l_rb = robustness_loss(rsm, rsm_vars, x_clean, x_r, y, k_rb, cfg.rb_samples,
-                                   noise_std)
-        else:
-            l_rb = jnp.zeros_like(l_cl)
         per_sample = (alpha * l_rc + cfg.beta * l_kl + cfg.epsilon * l_rf
                       + cfg.gamma * l_cl + cfg.delta * l_rb)
         metrics = dict(loss=per_sample.mean(), l_rc=l_rc.mean(), l_kl=l_kl.mean(),
@@ -138,7 +178,7 @@ def make_generator_step(cfg: GRFDConfig, vae=None, rsm=None):
                        acc_rsm=jnp.mean(jnp.argmax(logits, 1) == y))
         if rectified:
             metrics["acc_head"] = jnp.mean(jnp.argmax(out["logits_z"], 1) == y)
-        new_bs = {"vae": vae_bs["batch_stats"], "rsm": rsm_bs["batch_stats"]}
+        new_bs = {"vae": vae_bs["batch_stats"], "rsm": rsm_stats}
         return per_sample.mean(), (new_bs, metrics)
 
     def step(state: TrainState, batch, key, hparams):
