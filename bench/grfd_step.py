@@ -118,8 +118,10 @@ def timing_table(dataset: str, rows, steps: int) -> None:
 VARIANTS = {  # name -> (LVCVAE transpose_impl, LeNet-5 RSM conv_impl)
     "transposed xla, RSM im2col": ("xla", "im2col"),
     "transposed subpixel, RSM im2col": ("subpixel", "im2col"),
+    "transposed auto, RSM im2col": ("auto", "im2col"),
     "transposed xla, RSM xla": ("xla", "xla"),
     "transposed subpixel, RSM xla": ("subpixel", "xla"),
+    "transposed auto, RSM xla": ("auto", "xla"),
 }
 
 
