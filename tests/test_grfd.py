@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from jaxdefense import training
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import GRFDConfig, preset
-from jaxdefense import training
 from jaxdefense.training import classifier_step, cosine_per_epoch
 
 
