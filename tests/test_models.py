@@ -88,6 +88,31 @@ def test_conv_transpose_subpixel_matches_flax(shape, cout):
         ConvTranspose2x(cout, impl="fft").init(jax.random.key(1), x)
 
 
+@pytest.mark.parametrize("shape,padding", [((8, 14, 14, 6), ((1, 1), (1, 1))),
+                                           ((6, 9, 8, 3), "SAME")])
+def test_strided_conv_matches_flax(shape, padding):
+    """layers.Conv with stride 2 (no bias) holds nn.Conv's parameters and computes its
+    output and gradients in every formulation: XLA's in quarter-batch parts ('auto' on CPU
+    when the batch divides by 4), whole, and im2col."""
+    import flax.linen as nn
+    from jaxdefense.models import layers
+    x = jax.random.normal(jax.random.key(0), shape)
+    ref = nn.Conv(5, (4, 4), (2, 2), padding=padding, use_bias=False)
+    v = ref.init(jax.random.key(1), x)
+    mine = lambda impl: layers.Conv(5, (4, 4), padding, impl, strides=(2, 2), use_bias=False)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, v, mine("auto").init(jax.random.key(1), x)))
+    loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
+    want = jax.value_and_grad(loss(ref), argnums=(0, 1))(v, x)
+    for impl in ("auto", "im2col", "xla"):
+        got = jax.value_and_grad(loss(mine(impl)), argnums=(0, 1))(v, x)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                     got, want)
+    parts = jax.grad(lambda k, x: jnp.sum(jnp.sin(layers.conv_batch_parts(
+        x, k, (2, 2), padding, parts=2))), argnums=(0, 1))(v["params"]["kernel"], x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 parts, (want[1][0]["params"]["kernel"], want[1][1]))
+
+
 def test_conv_transpose_auto_picks_by_channels(monkeypatch):
     """On CPU 'auto' takes the 2x2-window product where 4 * Cout >= Cin (the decoder's
     64 -> 32 layer), the sub-pixel convolution otherwise (32 -> 1)."""
@@ -110,6 +135,9 @@ def test_lvcvae_decoder_params_keep_their_names():
                  jnp.zeros((1, 28, 28, 1)))
     dec = v["params"]["decoder"]
     assert dec["ConvTranspose_0"]["kernel"].shape == (4, 4, 8, 4)
+    assert jax.tree.map(jnp.shape, v["params"]["encoder"]) == {
+        "Conv_0": {"kernel": (4, 4, 1, 4)}, "Conv_1": {"kernel": (4, 4, 4, 8)},
+        "BatchNorm_0": {"scale": (4,), "bias": (4,)}, "BatchNorm_1": {"scale": (8,), "bias": (8,)}}
     assert dec["ConvTranspose_1"]["kernel"].shape == (4, 4, 4, 1)
     x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
     a = LVCVAE(num_classes=10, z_dim=8, base=4, transpose_impl="xla").apply(v, x)["x_u"]

@@ -149,29 +149,64 @@ def resolve_impl(impl: str, x_shape=None, kernel_shape=None, padding="SAME") -> 
     return impl
 
 
+# `Conv(impl='auto')` on CPU computes a strided convolution that XLA runs itself as this
+# many independent convolutions over slices of the batch: XLA:CPU's XNNPACK convolution
+# keeps to one thread, and independent operations run side by side on the cores
+# (LVCVAE's encoder; BENCHMARKS.md).
+BATCH_PARTS = 4
+
+
+def conv_batch_parts(x, kernel, strides, padding, parts: int = BATCH_PARTS):
+    """XLA's NHWC / HWIO convolution computed as `parts` convolutions over equal slices of
+    the batch, concatenated (the batch must divide): the same values, and the kernel's
+    gradient summed over the slices."""
+    conv = lambda xi: jax.lax.conv_general_dilated(xi, kernel, strides, padding,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.concatenate([conv(xi) for xi in jnp.split(x, parts)])
+
+
 class Conv(nn.Module):
-    """A stride-1 convolution with nn.Conv's parameters ('kernel' HWIO, 'bias'), so
-    checkpoints are the same whichever `impl` computes it."""
+    """A convolution with nn.Conv's parameters ('kernel' HWIO, 'bias' unless use_bias is
+    False) and names, so checkpoints are the same whichever `impl` computes it.
+
+    Stride 1: `resolve_impl` (banded / im2col / XLA). Other strides: `conv_cpu` for 'im2col'
+    and inside attacks (`fast.fast_layers`), else XLA's convolution, on CPU in BATCH_PARTS
+    slices of the batch where it divides (`conv_batch_parts`). padding: 'SAME', 'VALID' or
+    ((lo, hi), (lo, hi)).
+    """
     features: int
     kernel_size: tuple
-    padding: str = "SAME"
+    padding: Any = "SAME"
     impl: str = "auto"
     dtype: Any = jnp.float32
+    strides: tuple = (1, 1)
+    use_bias: bool = True
 
     @nn.compact
     def __call__(self, x):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (kh, kw, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-        impl = resolve_impl(self.impl, x.shape, kernel.shape, self.padding)
-        if impl in ("im2col", "banded"):       # conv_cpu: banded wherever 'banded' was chosen
-            y = conv_cpu(x, kernel, (1, 1), self.padding)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        strides = tuple(self.strides)
+        if strides == (1, 1):
+            impl = resolve_impl(self.impl, x.shape, kernel.shape, self.padding)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), self.padding,
+            impl = resolve_impl(self.impl)
+            if (impl == "xla" and self.impl == "auto" and jax.default_backend() == "cpu"
+                    and x.shape[0] % BATCH_PARTS == 0):
+                impl = "batch_parts"
+        if impl in ("im2col", "banded"):       # conv_cpu: banded wherever 'banded' was chosen
+            y = conv_cpu(x, kernel, strides, self.padding)
+        elif impl == "batch_parts":
+            y = conv_batch_parts(x, kernel, strides, self.padding)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, strides, self.padding,
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                               jnp.float32).astype(self.dtype)
+        return y
 
 
 def max_pool_2x2(x):

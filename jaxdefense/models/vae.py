@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdefense.models.common import batch_norm, normalize
-from jaxdefense.models.layers import ConvTranspose2x
+from jaxdefense.models.layers import Conv, ConvTranspose2x
 
 
 class ResBlock(nn.Module):
@@ -37,8 +37,8 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train):
         for c in (self.base, 2 * self.base):
-            x = nn.Conv(c, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                        dtype=self.dtype)(x)
+            x = Conv(c, (4, 4), ((1, 1), (1, 1)), dtype=self.dtype, strides=(2, 2),
+                     use_bias=False)(x)
             x = nn.leaky_relu(batch_norm(train, self.dtype)(x), 0.2)
         return x
 
@@ -73,8 +73,8 @@ class ResidualEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train):
         for c in (self.base, 2 * self.base):
-            x = nn.Conv(c, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                        dtype=self.dtype)(x)
+            x = Conv(c, (4, 4), ((1, 1), (1, 1)), dtype=self.dtype, strides=(2, 2),
+                     use_bias=False)(x)
             x = nn.relu(batch_norm(train, self.dtype)(x))
         x = ResBlock(self.dtype)(x, train)
         x = batch_norm(train, self.dtype)(x)
