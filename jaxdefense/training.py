@@ -69,15 +69,21 @@ def init_classifier_state(model, image_shape, tx, key) -> TrainState:
                              batch_stats=variables.get("batch_stats", {}), tx=tx)
 
 
-def input_gradient(logits_fn: Callable, x, y):
+def input_gradient(logits_fn: Callable, x, y, has_aux: bool = False):
     """d/dx of sum_i CE(logits_fn(x)_i, y_i), pixel units, shape of x.
 
     Built with `jax.grad`, so a loss can differentiate through it (double backpropagation).
     Per sample when logits_fn treats samples independently; BatchNorm in training mode
     couples them through the batch statistics, as in the reference codes.
+    has_aux: logits_fn returns (logits, aux); the result is then (gradient, (logits, aux)),
+    both differentiable.
     """
-    return jax.grad(lambda xi: optax.softmax_cross_entropy_with_integer_labels(
-        logits_fn(xi), y).sum())(x)
+    def ce_sum(xi):
+        out = logits_fn(xi)
+        logits = out[0] if has_aux else out
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
+        return (ce, (logits, out[1])) if has_aux else ce
+    return jax.grad(ce_sum, has_aux=has_aux)(x)
 
 
 def classifier_step(model, transform: Callable | None = None,

@@ -160,9 +160,11 @@ BATCH_PARTS = 4
 def conv_batch_parts(x, kernel, strides, padding, parts: int = BATCH_PARTS):
     """XLA's NHWC / HWIO convolution computed as `parts` convolutions over equal slices of
     the batch, concatenated (the batch must divide): the same values, and the kernel's
-    gradient summed over the slices."""
+    gradient summed over the slices. parts=1 is XLA's convolution itself."""
     conv = lambda xi: jax.lax.conv_general_dilated(xi, kernel, strides, padding,
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if parts == 1:
+        return conv(x)
     return jnp.concatenate([conv(xi) for xi in jnp.split(x, parts)])
 
 
@@ -194,16 +196,13 @@ class Conv(nn.Module):
             impl = resolve_impl(self.impl, x.shape, kernel.shape, self.padding)
         else:
             impl = resolve_impl(self.impl)
-            if (impl == "xla" and self.impl == "auto" and jax.default_backend() == "cpu"
-                    and x.shape[0] % BATCH_PARTS == 0):
-                impl = "batch_parts"
         if impl in ("im2col", "banded"):       # conv_cpu: banded wherever 'banded' was chosen
             y = conv_cpu(x, kernel, strides, self.padding)
-        elif impl == "batch_parts":
-            y = conv_batch_parts(x, kernel, strides, self.padding)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, strides, self.padding,
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            parts = (BATCH_PARTS if strides != (1, 1) and self.impl == "auto"
+                     and jax.default_backend() == "cpu" and x.shape[0] % BATCH_PARTS == 0
+                     else 1)
+            y = conv_batch_parts(x, kernel, strides, self.padding, parts)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,),
                                jnp.float32).astype(self.dtype)
@@ -277,11 +276,9 @@ def conv_transpose_subpixel(x, kernel):
     return y.reshape(b, 2 * h, 2 * w, cout)
 
 
-# The same taps over a 2x2 window: parity 0 reads rows m - 1, m (taps 0, 2), parity 1 rows
-# m, m + 1 (taps 1, 3); [parity, window row, tap].
-_WINDOW_TAPS = np.zeros((2, 2, 4), np.float32)
-_WINDOW_TAPS[0, 0, 0] = _WINDOW_TAPS[0, 1, 2] = _WINDOW_TAPS[1, 0, 1] = \
-    _WINDOW_TAPS[1, 1, 3] = 1.0
+# The same taps over the 2x2 window that each parity reads (rows m - 1, m for parity 0; m,
+# m + 1 for parity 1): [parity, window row, tap].
+_WINDOW_TAPS = np.stack([_SUBPIXEL_TAPS[p, p:p + 2] for p in range(2)])
 
 
 def conv_transpose_windows(x, kernel):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdefense import config
+from jaxdefense import config, training
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses.grfd.config import GRFDConfig
 from jaxdefense.models import LVCVAE
@@ -97,12 +97,11 @@ def logits_and_input_gradients(rsm, rsm_vars, xs, y, dropout_key):
     n, b = xs.shape[:2]
 
     def forward(x, labels):
-        def ce_sum(xi):
+        def logits_fn(xi):
             logits, new_vars = rsm.apply(rsm_vars, xi, train=True,
                                          rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
-            return ce, (logits, new_vars.get("batch_stats", {}))
-        return jax.grad(ce_sum, has_aux=True)(x)
+            return logits, new_vars.get("batch_stats", {})
+        return training.input_gradient(logits_fn, x, labels, has_aux=True)
 
     if not rsm_vars.get("batch_stats"):
         g, (logits, stats) = forward(xs.reshape(n * b, *xs.shape[2:]), jnp.tile(y, n))
