@@ -34,7 +34,8 @@ class ExperimentConfig:
     wrn_depth: int = 28
     wrn_widen: int = 10
     wrn_dropout: float = 0.3
-    dtype: str = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+    dtype: str = "float32"            # compute dtype: float32 | bfloat16 (params stay float32;
+                                      # slower than float32 for GRFD on an H200: BENCHMARKS.md)
     # optimization: adamw (torch's per-epoch CosineAnnealingLR) or sgd (momentum, step decay)
     optimizer: str = "adamw"
     epochs: int = 150
