@@ -16,7 +16,7 @@ environment variable JAXDEFENSE_KEEP_FREED_MEMORY, read at the import, chooses:
     heaps, so a block above 64 MiB that one of XLA's worker threads allocates (the GRFD
     step's 80 MiB temporary at K = 1, 150 MiB at K = 4) is still mapped afresh each step.
     Measured here: no faults and 35-40 ms less CPU time per step at K = 1 and K = 4, but
-    about 15 ms more on the step without L_rb (threads share one arena's lock). Must be set
+    8-20 ms more on the step without L_rb (threads share one arena's lock). Must be set
     before the first computation (threads keep the arena they first used);
   * `0`: leave malloc as it is.
 It changes nothing off glibc (macOS, musl, Windows), where it returns False. glibc's own
