@@ -7,8 +7,10 @@ else an einsum over stacked shifted windows, im2col) and `max_pool_2x2` as pairw
 with a gradient that reuses their choices, which XLA:CPU runs well: a LeNet-5 input-gradient
 step (batch 128, 2 cores) runs 1.86x as fast as PyTorch's (`bench/attacks_vs_torchattacks.py`,
 BENCHMARKS.md).
-`Conv(impl='auto')` uses `conv_cpu` while an attack traces it (`fast.fast_layers`), and
-elsewhere on CPU the banded form where it applies (it also wins for training's parameter
+`Conv(impl='auto')` uses `conv_cpu` while an attack traces it (`fast.fast_layers`; a layer
+reading the image goes through the windows there, so that a uniform background's equal
+outputs stay equal for the max-pool's gradient), and elsewhere on CPU the banded form where
+it applies (it also wins for training's parameter
 gradients; im2col does not), XLA's convolution otherwise. `ConvTranspose2x` computes a k4
 s2 transposed convolution on CPU as one matrix product over 2x2 windows or as a stride-1
 convolution and depth-to-space; a strided `Conv` runs on CPU as quarter-batch convolutions
@@ -118,11 +120,24 @@ def banded_padding(x_shape, kernel_shape, strides=(1, 1), padding="SAME"):
     return padding if kh * wp * cin * (wp - kw + 1) * cout <= BANDED_MAX else None
 
 
-def conv_cpu(x, kernel, strides=(1, 1), padding="SAME"):
+# Inputs with at most this many channels (grey, RGB, RGBA images) are where uniform regions,
+# and with them exactly equal input patches, are common.
+IMAGE_CHANNELS = 4
+
+
+def conv_cpu(x, kernel, strides=(1, 1), padding="SAME", banded_images: bool = False):
     """The faster CPU formulation of a small convolution: `conv_banded` where
-    `banded_padding` allows it, else `conv_windows` (im2col). Arguments as `conv_windows`."""
+    `banded_padding` allows it, else `conv_windows` (im2col). Arguments as `conv_windows`.
+
+    The banded product's rounding depends on an output's column within its block, so equal
+    input patches (a uniform image background) can give outputs a few ulps apart, and a
+    max-pool's gradient then leaves the first maximum, which torch and XLA take (on real
+    MNIST every sample's input gradient moved, by up to 39% of its largest entry;
+    BENCHMARKS.md). The windows compute every output position alike, so an input of at most
+    IMAGE_CHANNELS channels goes through them unless `banded_images` (training, where any
+    maximum's gradient serves and the banded form is faster)."""
     pads = banded_padding(x.shape, kernel.shape, strides, padding)
-    if pads is not None:
+    if pads is not None and (banded_images or x.shape[-1] > IMAGE_CHANNELS):
         return conv_banded(x, kernel, pads)
     return conv_windows(x, kernel, strides, padding)
 
@@ -134,8 +149,9 @@ _im2col_auto = contextvars.ContextVar("jaxdefense_im2col_auto", default=False)
 def resolve_impl(impl: str, x_shape=None, kernel_shape=None, padding="SAME") -> str:
     """'auto' -> 'im2col' while an attack traces the model on CPU (`fast.fast_layers`);
     otherwise 'banded' on the CPU backend where `banded_padding` allows it (given the
-    shapes), else 'xla'. 'im2col' computes with `conv_cpu` (banded for small layers, else
-    the windows), which wins for input gradients on XLA:CPU; for parameter gradients
+    shapes), else 'xla'. 'im2col' computes with `conv_cpu` (banded for small layers but the
+    image-reading one, else the windows), which wins for input gradients on XLA:CPU;
+    'banded' also bands the image-reading layer. For parameter gradients
     (training, GRFD's second-order L_rb) the banded form beats XLA's convolution on
     XLA:CPU and the windows do not; GPU / TPU use XLA's."""
     if impl == "auto":
@@ -196,8 +212,8 @@ class Conv(nn.Module):
             impl = resolve_impl(self.impl, x.shape, kernel.shape, self.padding)
         else:
             impl = resolve_impl(self.impl)
-        if impl in ("im2col", "banded"):       # conv_cpu: banded wherever 'banded' was chosen
-            y = conv_cpu(x, kernel, strides, self.padding)
+        if impl in ("im2col", "banded"):
+            y = conv_cpu(x, kernel, strides, self.padding, banded_images=impl == "banded")
         else:
             parts = (BATCH_PARTS if strides != (1, 1) and self.impl == "auto"
                      and jax.default_backend() == "cpu" and x.shape[0] % BATCH_PARTS == 0
