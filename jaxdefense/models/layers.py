@@ -7,10 +7,8 @@ else an einsum over stacked shifted windows, im2col) and `max_pool_2x2` as pairw
 with a gradient that reuses their choices, which XLA:CPU runs well: a LeNet-5 input-gradient
 step (batch 128, 2 cores) runs 1.86x as fast as PyTorch's (`bench/attacks_vs_torchattacks.py`,
 BENCHMARKS.md).
-`Conv(impl='auto')` uses `conv_cpu` while an attack traces it (`fast.fast_layers`; a layer
-reading the image goes through the windows there, so that a uniform background's equal
-outputs stay equal for the max-pool's gradient), and elsewhere on CPU the banded form where
-it applies (it also wins for training's parameter
+`Conv(impl='auto')` uses `conv_cpu` while an attack traces it (`fast.fast_layers`), and
+elsewhere on CPU the banded form where it applies (it also wins for training's parameter
 gradients; im2col does not), XLA's convolution otherwise. `ConvTranspose2x` computes a k4
 s2 transposed convolution on CPU as one matrix product over 2x2 windows or as a stride-1
 convolution and depth-to-space; a strided `Conv` runs on CPU as quarter-batch convolutions
@@ -120,24 +118,11 @@ def banded_padding(x_shape, kernel_shape, strides=(1, 1), padding="SAME"):
     return padding if kh * wp * cin * (wp - kw + 1) * cout <= BANDED_MAX else None
 
 
-# Inputs with at most this many channels (grey, RGB, RGBA images) are where uniform regions,
-# and with them exactly equal input patches, are common.
-IMAGE_CHANNELS = 4
-
-
-def conv_cpu(x, kernel, strides=(1, 1), padding="SAME", banded_images: bool = False):
+def conv_cpu(x, kernel, strides=(1, 1), padding="SAME"):
     """The faster CPU formulation of a small convolution: `conv_banded` where
-    `banded_padding` allows it, else `conv_windows` (im2col). Arguments as `conv_windows`.
-
-    The banded product's rounding depends on an output's column within its block, so equal
-    input patches (a uniform image background) can give outputs a few ulps apart, and a
-    max-pool's gradient then leaves the first maximum, which torch and XLA take (on real
-    MNIST every sample's input gradient moved, by up to 39% of its largest entry;
-    BENCHMARKS.md). The windows compute every output position alike, so an input of at most
-    IMAGE_CHANNELS channels goes through them unless `banded_images` (training, where any
-    maximum's gradient serves and the banded form is faster)."""
+    `banded_padding` allows it, else `conv_windows` (im2col). Arguments as `conv_windows`."""
     pads = banded_padding(x.shape, kernel.shape, strides, padding)
-    if pads is not None and (banded_images or x.shape[-1] > IMAGE_CHANNELS):
+    if pads is not None:
         return conv_banded(x, kernel, pads)
     return conv_windows(x, kernel, strides, padding)
 
@@ -149,9 +134,8 @@ _im2col_auto = contextvars.ContextVar("jaxdefense_im2col_auto", default=False)
 def resolve_impl(impl: str, x_shape=None, kernel_shape=None, padding="SAME") -> str:
     """'auto' -> 'im2col' while an attack traces the model on CPU (`fast.fast_layers`);
     otherwise 'banded' on the CPU backend where `banded_padding` allows it (given the
-    shapes), else 'xla'. 'im2col' computes with `conv_cpu` (banded for small layers but the
-    image-reading one, else the windows), which wins for input gradients on XLA:CPU;
-    'banded' also bands the image-reading layer. For parameter gradients
+    shapes), else 'xla'. 'im2col' computes with `conv_cpu` (banded for small layers, else
+    the windows), which wins for input gradients on XLA:CPU; for parameter gradients
     (training, GRFD's second-order L_rb) the banded form beats XLA's convolution on
     XLA:CPU and the windows do not; GPU / TPU use XLA's."""
     if impl == "auto":
@@ -212,8 +196,8 @@ class Conv(nn.Module):
             impl = resolve_impl(self.impl, x.shape, kernel.shape, self.padding)
         else:
             impl = resolve_impl(self.impl)
-        if impl in ("im2col", "banded"):
-            y = conv_cpu(x, kernel, strides, self.padding, banded_images=impl == "banded")
+        if impl in ("im2col", "banded"):       # conv_cpu: banded wherever 'banded' was chosen
+            y = conv_cpu(x, kernel, strides, self.padding)
         else:
             parts = (BATCH_PARTS if strides != (1, 1) and self.impl == "auto"
                      and jax.default_backend() == "cpu" and x.shape[0] % BATCH_PARTS == 0
@@ -229,9 +213,10 @@ def max_pool_2x2(x):
     """2x2 max pooling, stride 2, VALID (an odd last row/column is dropped). The gradient
     goes to the first maximum of each window in row-major order (as nn.max_pool's
     select-and-scatter and torch's max_pool2d; jnp.max would split it among ties, which
-    uniform image regions make common). Computed as pairwise maxima whose choices (bits) the
-    backward pass reuses: on XLA:CPU far cheaper than a reduce-window or a reshape-max
-    gradient."""
+    uniform image regions make common), values within TIE_RTOL (relative) counting as tied,
+    so that a formulation's rounding does not decide. Computed as pairwise maxima whose
+    choices (bits) the backward pass reuses: on XLA:CPU far cheaper than a reduce-window or
+    a reshape-max gradient."""
     b, h, w, c = x.shape
     return _pool_2x2(x[:, :h - h % 2, :w - w % 2])
 
@@ -242,9 +227,24 @@ def _pool_2x2_parts(x):
     q = x.reshape(b, h // 2, 2, w // 2, 2, c)
     top = jnp.maximum(q[:, :, 0, :, 0], q[:, :, 0, :, 1])
     bottom = jnp.maximum(q[:, :, 1, :, 0], q[:, :, 1, :, 1])
-    choices = (q[:, :, 0, :, 1] > q[:, :, 0, :, 0], q[:, :, 1, :, 1] > q[:, :, 1, :, 0],
-               bottom > top)
+    choices = (_beats(q[:, :, 0, :, 1], q[:, :, 0, :, 0]),
+               _beats(q[:, :, 1, :, 1], q[:, :, 1, :, 0]), _beats(bottom, top))
     return jnp.maximum(top, bottom), choices
+
+
+# Relative gap below which two pooled values count as tied (2^-19, about 16 float32 ulps).
+# The banded product rounds an output by its column within the block, so the equal patches
+# of a uniform background (MNIST's, normalized) give a first layer's outputs up to ~8 ulps
+# apart (measured 9.8e-7); compared exactly, the gradient then went to whichever rounded
+# highest instead of the first maximum, and every real MNIST image's input gradient moved
+# from torch's (BENCHMARKS.md).
+TIE_RTOL = 2.0 ** -19
+
+
+def _beats(later, first):
+    """Whether a window's later element takes the gradient from the earlier one: larger by
+    more than TIE_RTOL of the larger magnitude (ties stay with the first)."""
+    return later - first > TIE_RTOL * jnp.maximum(jnp.abs(later), jnp.abs(first))
 
 
 @jax.custom_vjp
