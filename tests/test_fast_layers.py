@@ -207,3 +207,20 @@ def test_uniform_background_keeps_the_first_maximum_under_attack():
     ref, got = grad(xla, lambda f: f), grad(m, fast)
     scale = jnp.abs(ref).reshape(8, -1).max(1)
     np.testing.assert_array_less(jnp.abs(got - ref).reshape(8, -1).max(1), 1e-4 * scale)
+
+
+def test_pool_ties_within_tolerance_only_under_attack():
+    """Under attack (fast_layers) values within TIE_RTOL go to the first element; in
+    training the comparison is exact, so a one-ulp larger later value takes the gradient."""
+    from jaxdefense.models import layers
+    one_up = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
+    x = jnp.array([[1.0, one_up], [0.0, 0.0]]).reshape(1, 2, 2, 1)
+    grad = lambda: np.asarray(jax.grad(lambda xx: layers.max_pool_2x2(xx).sum())(x))[0, :, :, 0]
+    np.testing.assert_array_equal(grad(), [[0.0, 1.0], [0.0, 0.0]])
+    with fast_layers():
+        np.testing.assert_array_equal(grad(), [[1.0, 0.0], [0.0, 0.0]])
+    far = x.at[0, 0, 1, 0].set(1.0 + 4 * layers.TIE_RTOL)
+    with fast_layers():
+        np.testing.assert_array_equal(
+            np.asarray(jax.grad(lambda xx: layers.max_pool_2x2(xx).sum())(far))[0, :, :, 0],
+            [[0.0, 1.0], [0.0, 0.0]])

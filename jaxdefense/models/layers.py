@@ -18,6 +18,7 @@ order.
 from __future__ import annotations
 
 import contextvars
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -213,46 +214,44 @@ def max_pool_2x2(x):
     """2x2 max pooling, stride 2, VALID (an odd last row/column is dropped). The gradient
     goes to the first maximum of each window in row-major order (as nn.max_pool's
     select-and-scatter and torch's max_pool2d; jnp.max would split it among ties, which
-    uniform image regions make common), values within TIE_RTOL (relative) counting as tied,
-    so that a formulation's rounding does not decide. Computed as pairwise maxima whose
-    choices (bits) the backward pass reuses: on XLA:CPU far cheaper than a reduce-window or
-    a reshape-max gradient."""
+    uniform image regions make common). While an attack traces the model on CPU
+    (`fast.fast_layers`), values within TIE_RTOL (relative) count as tied, so that the banded
+    convolution's rounding does not decide; in training any maximum's gradient serves, and
+    the comparison is exact. Computed as pairwise maxima whose choices (bits) the backward
+    pass reuses: on XLA:CPU far cheaper than a reduce-window or a reshape-max gradient."""
     b, h, w, c = x.shape
-    return _pool_2x2(x[:, :h - h % 2, :w - w % 2])
+    return _pool_2x2(x[:, :h - h % 2, :w - w % 2], TIE_RTOL if _im2col_auto.get() else 0.0)
 
 
-def _pool_2x2_parts(x):
+def _pool_2x2_parts(x, rtol: float):
     """(max, (right beats left in the top row, ... in the bottom row, bottom beats top))."""
     b, h, w, c = x.shape
     q = x.reshape(b, h // 2, 2, w // 2, 2, c)
     top = jnp.maximum(q[:, :, 0, :, 0], q[:, :, 0, :, 1])
     bottom = jnp.maximum(q[:, :, 1, :, 0], q[:, :, 1, :, 1])
-    choices = (_beats(q[:, :, 0, :, 1], q[:, :, 0, :, 0]),
-               _beats(q[:, :, 1, :, 1], q[:, :, 1, :, 0]), _beats(bottom, top))
+    beats = lambda later, first: (later - first > rtol * jnp.maximum(jnp.abs(later),
+                                                                     jnp.abs(first))
+                                  if rtol else later > first)
+    choices = (beats(q[:, :, 0, :, 1], q[:, :, 0, :, 0]),
+               beats(q[:, :, 1, :, 1], q[:, :, 1, :, 0]), beats(bottom, top))
     return jnp.maximum(top, bottom), choices
 
 
-# Relative gap below which two pooled values count as tied (2^-19, about 16 float32 ulps).
-# The banded product rounds an output by its column within the block, so the equal patches
-# of a uniform background (MNIST's, normalized) give a first layer's outputs up to ~8 ulps
-# apart (measured 9.8e-7); compared exactly, the gradient then went to whichever rounded
-# highest instead of the first maximum, and every real MNIST image's input gradient moved
-# from torch's (BENCHMARKS.md).
+# Relative gap below which two pooled values count as tied under attack (2^-19, about 16
+# float32 ulps). The banded product rounds an output by its column within the block, so the
+# equal patches of a uniform background (MNIST's, normalized) give a first layer's outputs
+# up to ~8 ulps apart (measured 9.8e-7); compared exactly, the gradient then went to
+# whichever rounded highest instead of the first maximum, and every real MNIST image's input
+# gradient moved from torch's (BENCHMARKS.md, docs/attacks.md).
 TIE_RTOL = 2.0 ** -19
 
 
-def _beats(later, first):
-    """Whether a window's later element takes the gradient from the earlier one: larger by
-    more than TIE_RTOL of the larger magnitude (ties stay with the first)."""
-    return later - first > TIE_RTOL * jnp.maximum(jnp.abs(later), jnp.abs(first))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _pool_2x2(x, rtol):
+    return _pool_2x2_parts(x, rtol)[0]
 
 
-@jax.custom_vjp
-def _pool_2x2(x):
-    return _pool_2x2_parts(x)[0]
-
-
-def _pool_2x2_bwd(choices, g):
+def _pool_2x2_bwd(rtol, choices, g):
     right_top, right_bottom, lower = choices
     zero = jnp.zeros_like(g)
     split = lambda take, gg: (jnp.where(take, zero, gg), jnp.where(take, gg, zero))
