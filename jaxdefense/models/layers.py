@@ -18,7 +18,6 @@ order.
 from __future__ import annotations
 
 import contextvars
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -220,21 +219,8 @@ def max_pool_2x2(x):
     the comparison is exact. Computed as pairwise maxima whose choices (bits) the backward
     pass reuses: on XLA:CPU far cheaper than a reduce-window or a reshape-max gradient."""
     b, h, w, c = x.shape
-    return _pool_2x2(x[:, :h - h % 2, :w - w % 2], TIE_RTOL if _im2col_auto.get() else 0.0)
-
-
-def _pool_2x2_parts(x, rtol: float):
-    """(max, (right beats left in the top row, ... in the bottom row, bottom beats top))."""
-    b, h, w, c = x.shape
-    q = x.reshape(b, h // 2, 2, w // 2, 2, c)
-    top = jnp.maximum(q[:, :, 0, :, 0], q[:, :, 0, :, 1])
-    bottom = jnp.maximum(q[:, :, 1, :, 0], q[:, :, 1, :, 1])
-    beats = lambda later, first: (later - first > rtol * jnp.maximum(jnp.abs(later),
-                                                                     jnp.abs(first))
-                                  if rtol else later > first)
-    choices = (beats(q[:, :, 0, :, 1], q[:, :, 0, :, 0]),
-               beats(q[:, :, 1, :, 1], q[:, :, 1, :, 0]), beats(bottom, top))
-    return jnp.maximum(top, bottom), choices
+    pool = _POOL_2X2_TIES if _im2col_auto.get() else _POOL_2X2
+    return pool(x[:, :h - h % 2, :w - w % 2])
 
 
 # Relative gap below which two pooled values count as tied under attack (2^-19, about 16
@@ -246,12 +232,7 @@ def _pool_2x2_parts(x, rtol: float):
 TIE_RTOL = 2.0 ** -19
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _pool_2x2(x, rtol):
-    return _pool_2x2_parts(x, rtol)[0]
-
-
-def _pool_2x2_bwd(rtol, choices, g):
+def _pool_2x2_bwd(choices, g):
     right_top, right_bottom, lower = choices
     zero = jnp.zeros_like(g)
     split = lambda take, gg: (jnp.where(take, zero, gg), jnp.where(take, gg, zero))
@@ -262,7 +243,30 @@ def _pool_2x2_bwd(rtol, choices, g):
     return (out.reshape(b, 2 * h2, 2 * w2, c),)
 
 
-_pool_2x2.defvjp(_pool_2x2_parts, _pool_2x2_bwd)
+def _make_pool_2x2(rtol: float):
+    """The 2x2 pool whose backward pass sends a window's gradient to its first element
+    unless a later one is larger by more than `rtol` (relative; 0: exactly larger)."""
+    def beats(later, first):
+        if not rtol:
+            return later > first
+        return later - first > rtol * jnp.maximum(jnp.abs(later), jnp.abs(first))
+
+    def parts(x):   # (max, (right beats left in the top row, ... bottom row, bottom beats top))
+        b, h, w, c = x.shape
+        q = x.reshape(b, h // 2, 2, w // 2, 2, c)
+        top = jnp.maximum(q[:, :, 0, :, 0], q[:, :, 0, :, 1])
+        bottom = jnp.maximum(q[:, :, 1, :, 0], q[:, :, 1, :, 1])
+        choices = (beats(q[:, :, 0, :, 1], q[:, :, 0, :, 0]),
+                   beats(q[:, :, 1, :, 1], q[:, :, 1, :, 0]), beats(bottom, top))
+        return jnp.maximum(top, bottom), choices
+
+    pool = jax.custom_vjp(lambda x: parts(x)[0])
+    pool.defvjp(parts, _pool_2x2_bwd)
+    return pool
+
+
+_POOL_2X2 = _make_pool_2x2(0.0)
+_POOL_2X2_TIES = _make_pool_2x2(TIE_RTOL)
 
 
 # Output parity p of a k4 s2 'SAME' transposed convolution reads input rows m - 1, m, m + 1
