@@ -103,8 +103,9 @@ def max_pool(inputs, window_shape, strides=None, padding="VALID"):
 
 @contextlib.contextmanager
 def fast_layers():
-    """While active, plain `nn.Conv` and `nn.max_pool` compute as described above, and the
-    project's own `layers.Conv(impl='auto')` (LeNet-5) uses `layers.conv_cpu`."""
+    """While active, plain `nn.Conv` and `nn.max_pool` compute as described above, the
+    project's own `layers.Conv(impl='auto')` (LeNet-5) uses `layers.conv_cpu`, and
+    `layers.max_pool_2x2` counts values within `layers.TIE_RTOL` as tied."""
     token = layers._im2col_auto.set(True)
     with nn.intercept_methods(_interceptor):
         nn.max_pool = max_pool
