@@ -2,6 +2,7 @@
 
     python bench/gpu.py                         # on a GPU machine: the real sizes
     python bench/gpu.py --smoke                 # anywhere: tiny sizes, checks the script runs
+    python bench/gpu.py --parts=profile --out=DIR   # where a bfloat16 step spends its time
 
 Prints, as markdown:
 1. the device and its measured dense-matmul rate (8192^2 float32 and bfloat16 matmuls), the
@@ -16,7 +17,12 @@ Prints, as markdown:
    (random weights: attack cost does not depend on accuracy much, except that AutoAttack
    drops fooled points, so its time here is an upper bound), ms per batch;
 5. the projected wall time of the paper's schedule (150 epochs of phase I and of phase III
-   over CIFAR-100's 50,000 training images, batch 128) from the measured steps.
+   over CIFAR-100's 50,000 training images, batch 128) from the measured steps;
+6. with --parts=profile: phase I with (--ks) and without L_rb and phase III, float32 against
+   bfloat16, each timed and then traced (jax.profiler) for a few steps; the device's kernel
+   time per step is summed by kind (convolution, matmul, convert, transpose, reduce, other
+   fusions) and the costliest kernels are listed, so the two dtypes can be compared kernel
+   by kernel. --out keeps the tables (and the traces, gzipped) in a folder.
 With --torch (torch and torchattacks installed: `pip install torch && pip install
 --no-deps torchattacks`), item 4 is repeated with torchattacks on the same weights, copied
 into a PyTorch WRN (bench/torch_wrn.py; the logits are checked equal first), on the GPU
@@ -26,7 +32,14 @@ Square) and both drop fooled points, so with random weights most of the work is 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import shutil
 import statistics
+import tempfile
 import time
 
 import jax
@@ -58,7 +71,7 @@ def step_figures(state, step, batch, hp, repeats: int) -> dict:
     # FLOPs from the lowered program: XLA:GPU's compiled cost analysis leaves out the
     # convolutions it hands to cuDNN (it reported 0.6 TFLOP/s for a 122 ms WRN step).
     cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # None on jax 0.11 GPU
     mem = compiled.memory_analysis()
     gib = float("nan") if mem is None else (
         mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
@@ -69,7 +82,7 @@ def step_figures(state, step, batch, hp, repeats: int) -> dict:
         holder["state"], m = jstep(holder["state"], batch, jax.random.key(1), hp)
         jax.block_until_ready(m)
     seconds = timed(run, repeats)
-    return dict(ms=1000 * seconds, img_s=len(batch[0]) / seconds, gib=gib,
+    return dict(ms=1000 * seconds, img_s=len(batch[0]) / seconds, gib=gib, run=run,
                 tflops=float(cost.get("flops", float("nan"))) / seconds / 1e12)
 
 
@@ -191,13 +204,126 @@ def projection(args, ms: dict, ks) -> None:
             print(f"- {dtype}, K = {k}: {hours:.1f} h")
 
 
+KINDS = ("convolution", "matmul", "convert", "transpose/copy", "reduce", "other fusion",
+         "other")
+
+
+def kernel_kind(name: str) -> str:
+    """A device kernel's kind, from its name (cuDNN, cuBLAS / cuBLASLt and XLA's fusions)."""
+    n = name.lower()
+    if any(k in n for k in ("xmma", "cudnn", "convolve", "fprop", "dgrad", "wgrad")):
+        return "convolution"
+    if any(k in n for k in ("gemm", "nvjet", "cutlass", "cublas", "triton_gemm")):
+        return "matmul"
+    if "convert" in n:
+        return "convert"
+    if "transpose" in n or "copy" in n:
+        return "transpose/copy"
+    if "reduce" in n:
+        return "reduce"
+    return "other fusion" if "fusion" in n else "other"
+
+
+def device_kernels(trace_dir: str) -> list:
+    """[(name, hlo_op, microseconds)] of the kernels that ran on the device in a
+    jax.profiler trace (the host's operations, where no device was traced: the CPU)."""
+    path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+    with gzip.open(path) as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    gpu = {pid for pid, n in names.items() if "GPU" in n or "gpu" in n}
+    host_only = ("$", "ThunkExecutor", "PjitFunction", "TfrtCpu")   # no device traced
+    out = []
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e:
+            continue
+        if (e.get("pid") in gpu) if gpu else not e["name"].startswith(host_only):
+            args = e.get("args", {})
+            out.append((e["name"], str(args.get("hlo_op", args.get("long_name", ""))),
+                        float(e["dur"])))
+    return out
+
+
+def profile_table(args, batch_size: int, ks) -> None:
+    """Float32 against bfloat16, kernel kind by kernel kind (module docstring, item 6)."""
+    from jaxdefense.defenses import grfd
+    from jaxdefense.training import classifier_step
+    x = jax.random.uniform(jax.random.key(2), (batch_size, 32, 32, 3))
+    y = jnp.arange(batch_size) % 100
+    traced_steps = 3
+    rows, tops = [], []
+    for dtype in ("float32", "bfloat16"):
+        cases = [(f"phase I, K = {k}", "phase1", dict(rb_samples=k)) for k in ks]
+        cases += [("phase I, no L_rb", "phase1_no_rb", dict(delta=0.0)),
+                  ("phase III", "phase3", {})]
+        for label, case, over in cases:
+            if case not in args.cases.split(","):
+                continue
+            cfg = grfd.preset("cifar100", smoke=args.smoke, dtype=dtype, **over)
+            if label == "phase III":
+                state = grfd.init_target_state(cfg, jax.random.key(0), 390)
+                step, hp = classifier_step(grfd.make_classifier(cfg)), {}
+            else:
+                state = grfd.init_generator_state(cfg, jax.random.key(0), 390)
+                step, hp = grfd.make_generator_step(cfg), {"alpha": jnp.float32(10.0)}
+            try:
+                f = step_figures(state, step, (x, y), hp, args.repeats)
+                trace_dir = tempfile.mkdtemp(prefix="jaxdefense-trace-")
+                with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                    for _ in range(traced_steps):
+                        f["run"]()
+                kernels = device_kernels(trace_dir)
+            except Exception as err:              # keep the other rows of a short lease
+                print(f"{label} {dtype}: failed: {type(err).__name__}: {err}", flush=True)
+                continue
+            if args.out:
+                tag = f"{label.replace(' ', '').replace(',', '_').replace('=', '')}_{dtype}"
+                path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"),
+                                 recursive=True)[0]
+                shutil.copy(path, os.path.join(args.out, f"trace_{tag}.json.gz"))
+            by_kind = collections.Counter()
+            by_name = collections.Counter()
+            for name, op, us in kernels:
+                by_kind[kernel_kind(name)] += us / traced_steps / 1000
+                by_name[(name[:90], op[:40])] += us / traced_steps / 1000
+            rows.append((label, dtype, f["ms"], len(kernels) / traced_steps,
+                         sum(by_kind.values()), by_kind, f["gib"]))
+            tops.append((label, dtype, by_name.most_common(args.top)))
+            print(f"{label} {dtype}: {f['ms']:.1f} ms/step, device kernels "
+                  f"{sum(by_kind.values()):.1f} ms", flush=True)
+    lines = [f"| step (CIFAR-100, batch {batch_size}) | dtype | ms/step | kernels/step | "
+             f"device ms/step | " + " | ".join(KINDS) + " | memory GiB |",
+             "|---" * (len(KINDS) + 6) + "|"]
+    for label, dtype, ms, n, dev, kinds, gib in rows:
+        lines.append(f"| {label} | {dtype} | {ms:.1f} | {n:.0f} | {dev:.1f} | " +
+                     " | ".join(f"{kinds[k]:.1f}" for k in KINDS) + f" | {gib:.2f} |")
+    for label, dtype, top in tops:
+        lines.append(f"\n{label}, {dtype}: the {args.top} costliest kernels, ms per step\n")
+        lines += [f"    {ms:7.2f}  {kernel_kind(name):14s} {name}  [{op}]"
+                  for (name, op), ms in top]
+    text = "\n".join(lines)
+    print("\n" + text, flush=True)
+    if args.out:
+        with open(os.path.join(args.out, "profile.md"), "w") as f:
+            f.write(text + "\n")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny models, batch 8 (any machine)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--torch", action="store_true")
-    p.add_argument("--parts", default="steps,attacks", help="comma list: steps, attacks")
+    p.add_argument("--parts", default="steps,attacks",
+                   help="comma list: steps, attacks, profile")
+    p.add_argument("--top", type=int, default=15, help="--parts=profile: kernels listed")
+    p.add_argument("--cases", default="phase1,phase1_no_rb,phase3",
+                   help="--parts=profile: comma list of phase1 (one row per --ks), "
+                   "phase1_no_rb, phase3")
+    p.add_argument("--out", default="", help="--parts=profile: a folder for the tables "
+                   "and the traces")
     p.add_argument("--attacks", default="",
                    help="comma list of PGD-20, APGD-CE, AutoAttack (default: all)")
     p.add_argument("--ks", default="1,4", help="comma list of L_rb draws K for phase I")
@@ -220,6 +346,10 @@ def main():
         attack_table(args, batch_size)
     if "steps" in parts:
         projection(args, ms, ks)
+    if "profile" in parts:
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+        profile_table(args, batch_size, ks)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxdefense.models import LVCVAE, VGG16BN, LeNet5, ResNet18, WideResNet, build_classifier
+from jaxdefense.models.common import conv_dtype
 
 
 @pytest.mark.parametrize("model,shape", [
@@ -142,3 +145,45 @@ def test_lvcvae_decoder_params_keep_their_names():
     x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1))
     a = LVCVAE(num_classes=10, z_dim=8, base=4, transpose_impl="xla").apply(v, x)["x_u"]
     np.testing.assert_allclose(vae.apply(v, x)["x_u"], a, atol=1e-5)
+
+
+def _conv_dtypes(model, x):
+    """[(strided or dilated?, operand element type)] of every convolution in the model's
+    training-mode gradient program, the second-order pass of an input-gradient penalty too."""
+    variables = model.init(jax.random.key(0), x)
+
+    def penalty(params):
+        def loss(xx):
+            logits, _ = model.apply({**variables, "params": params}, xx, train=True,
+                                    mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+            return logits.sum()
+        return jnp.sum(jax.grad(loss)(x) ** 2)
+    text = jax.jit(jax.grad(penalty)).lower(variables["params"]).as_text()
+    convs = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+    assert convs, "no convolution found in the lowered program"
+    out = []
+    for line in convs:
+        window = re.search(r"window = \{([^}]*)\}", line)
+        window = window.group(1) if window else ""
+        strided = any(re.search(rf"{k} = \[(\d+), (\d+)\]", window) and
+                      re.search(rf"{k} = \[(\d+), (\d+)\]", window).groups() != ("1", "1")
+                      for k in ("stride", "lhs_dilate", "rhs_dilate"))
+        out.append((strided, re.search(r"\(tensor<[0-9x]+x(\w+)>", line).group(1)))
+    return out
+
+
+@pytest.mark.parametrize("make", [
+    lambda: WideResNet(num_classes=10, depth=10, widen=1, dtype=jnp.bfloat16),
+    lambda: ResNet18(num_classes=10, width=0.125, dtype=jnp.bfloat16),
+])
+def test_bfloat16_models_keep_strided_convolutions_in_float32(make):
+    """cuDNN has no fast bfloat16 kernel for a strided convolution's second-order weight
+    gradient (47 of 109 ms of GRFD's bfloat16 step on an H200), so under bfloat16 the strided
+    convolutions, and every convolution their derivatives produce, compute in float32."""
+    convs = _conv_dtypes(make(), jnp.zeros((2, 16, 16, 3)))
+    strided = [d for s, d in convs if s]
+    assert len(strided) >= 8 and set(strided) == {"f32"}, convs
+    assert "bf16" in {d for s, d in convs if not s}, "stride-1 convolutions stay bfloat16"
+    assert conv_dtype(jnp.bfloat16, 2) == jnp.float32
+    assert conv_dtype(jnp.bfloat16, 1) == jnp.bfloat16
+    assert conv_dtype(jnp.float32, 2) == jnp.float32

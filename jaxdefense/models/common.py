@@ -25,6 +25,21 @@ def batch_norm(train: bool, dtype=jnp.float32):
                         use_fast_variance=False, dtype=dtype)
 
 
+def conv_dtype(dtype, stride: int):
+    """Compute dtype of a stride-`stride` convolution in a model that computes in `dtype`:
+    float32 for every strided convolution when `dtype` is bfloat16.
+
+    A double backward (GRFD's L_rb, gradient regularization) differentiates a strided
+    convolution's input gradient with respect to its weights. For the WRN-28-10's 1x1
+    stride-2 shortcuts cuDNN has only a slow generic kernel in bfloat16: on an H200 two of
+    them took 47 ms of a 109 ms GRFD phase-I step, against about 2 ms in float32 (an FFT),
+    and with them in float32 the bfloat16 step fell to 68 ms (BENCHMARKS.md, "bfloat16 on
+    a GPU"). Two to six layers per network, so float32 there costs little."""
+    if jnp.dtype(dtype) == jnp.bfloat16 and stride > 1:
+        return jnp.float32
+    return dtype
+
+
 def embedding_and_logits(model, variables, x):
     """(penultimate embedding [B, D], logits [B, K]) of a classifier in evaluation mode."""
     logits, state = model.apply(variables, x, mutable=["intermediates"])

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdefense.models.common import batch_norm, normalize
+from jaxdefense.models.common import batch_norm, conv_dtype, normalize
 
 
 class BasicBlock(nn.Module):
@@ -18,7 +18,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         conv = lambda c, k, s: nn.Conv(c, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
-                                       use_bias=False, dtype=self.dtype)
+                                       use_bias=False, dtype=conv_dtype(self.dtype, s))
         y = nn.relu(batch_norm(train, self.dtype)(conv(self.channels, 3, self.stride)(x)))
         y = batch_norm(train, self.dtype)(conv(self.channels, 3, 1)(y))
         shortcut = x

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdefense.models.common import batch_norm, normalize
+from jaxdefense.models.common import batch_norm, conv_dtype, normalize
 
 
 class WideBlock(nn.Module):
@@ -19,7 +19,7 @@ class WideBlock(nn.Module):
     def __call__(self, x, train: bool):
         bn = lambda: batch_norm(train, self.dtype)
         conv = lambda c, k, s: nn.Conv(c, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
-                                       use_bias=False, dtype=self.dtype)
+                                       use_bias=False, dtype=conv_dtype(self.dtype, s))
         out = nn.relu(bn()(x))
         shortcut = x
         if x.shape[-1] != self.channels or self.stride != 1:
