@@ -64,14 +64,25 @@ def matmul_tflops(n: int, dtype, repeats: int) -> float:
     return 2 * n ** 3 / timed(lambda: f(a).block_until_ready(), repeats) / 1e12
 
 
+def step_cost(jstep, lowered, args) -> dict:
+    """XLA's cost analysis of the lowered step ({'flops': ...}; backend-independent HLO).
+
+    From the lowered program because XLA:GPU's compiled cost analysis leaves out the
+    convolutions it hands to cuDNN (it reported 0.6 TFLOP/s for a 122 ms WRN step); and
+    lowered for the CPU where the device's lowering has none (jax 0.11 on a GPU: None)."""
+    def first(cost):
+        return cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = first(lowered.cost_analysis())
+    if not cost:
+        cost = first(jstep.trace(*args).lower(lowering_platforms=("cpu",)).cost_analysis())
+    return cost or {}
+
+
 def step_figures(state, step, batch, hp, repeats: int) -> dict:
     jstep = jax.jit(step, donate_argnums=(0,))
     lowered = jstep.lower(state, batch, jax.random.key(1), hp)
     compiled = lowered.compile()
-    # FLOPs from the lowered program: XLA:GPU's compiled cost analysis leaves out the
-    # convolutions it hands to cuDNN (it reported 0.6 TFLOP/s for a 122 ms WRN step).
-    cost = lowered.cost_analysis()
-    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}  # None on jax 0.11 GPU
+    cost = step_cost(jstep, lowered, (state, batch, jax.random.key(1), hp))
     mem = compiled.memory_analysis()
     gib = float("nan") if mem is None else (
         mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes

@@ -30,9 +30,9 @@ def conv_dtype(dtype, stride: int):
     float32 for every strided convolution when `dtype` is bfloat16.
 
     A double backward (GRFD's L_rb, gradient regularization) differentiates a strided
-    convolution's input gradient with respect to its weights. For the WRN-28-10's 1x1
-    stride-2 shortcuts cuDNN has only a slow generic kernel in bfloat16: on an H200 two of
-    them took 47 ms of a 109 ms GRFD phase-I step, against about 2 ms in float32 (an FFT),
+    convolution's input gradient again. For that of the WRN-28-10's 1x1 stride-2 shortcuts
+    cuDNN has only a slow generic kernel in bfloat16: on an H200 two such convolutions took
+    47 ms of a 100-109 ms GRFD phase-I step, against 1.9 ms in float32 (an FFT),
     and with them in float32 the bfloat16 step fell to 68 ms (BENCHMARKS.md, "bfloat16 on
     a GPU"). Two to six layers per network, so float32 there costs little."""
     if jnp.dtype(dtype) == jnp.bfloat16 and stride > 1:
