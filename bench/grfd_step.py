@@ -28,8 +28,9 @@ in both (forward, backward including L_rb's second order, AdamW) and the ratio t
 --rounds alternating rounds of --steps steps of each library (so that a slow spell of the
 machine, which moves both by tens of percent here, hits both), the median of the rounds'
 medians.
-torch's threads spin-wait: its times suffer far more than JAX's when other processes load
-the CPU, so time on an otherwise idle machine.
+The table also gives each library's CPU time per step (the whole process, all threads) and
+the cores that keeps busy. torch's threads spin-wait (they count as busy): its times suffer
+far more than JAX's when other processes load the CPU, so time on an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -65,15 +66,25 @@ def setup(cfg):
     return state, (x, y), {"alpha": jnp.float32(10.0)}
 
 
-def median_ms(run, steps: int) -> float:
-    """Median wall time of `steps` calls of the blocking `run`, after one warm-up call."""
+def wall_and_cpu_ms(run, steps: int) -> tuple[float, float]:
+    """(median wall ms, mean CPU ms of the whole process, all threads, user + system) per
+    call over `steps` calls of the blocking `run`, after one warm-up call. CPU / wall is
+    the cores the step kept busy (spin-waiting threads count as busy)."""
     run()
     times = []
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(steps):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    return 1000 * statistics.median(times), 1000 * cpu / steps
+
+
+def median_ms(run, steps: int) -> float:
+    """Median wall time of `steps` calls of the blocking `run`, after one warm-up call."""
+    return wall_and_cpu_ms(run, steps)[0]
 
 
 def step_runner(cfg, **models):
@@ -317,7 +328,8 @@ def torch_comparison(dataset: str, rows, steps: int, rounds: int) -> None:
     torch.manual_seed(0)
     check_agreement(rows, torch_grfd)
     print(f"\n| {dataset} preset, batch {rows[0][1].batch_size} | jax ms/step | torch ms/step | "
-          f"ratio torch/jax |\n|---|---|---|---|")
+          f"ratio torch/jax | jax CPU ms/step (cores) | torch CPU ms/step (cores) |\n"
+          f"|---|---|---|---|---|---|")
     for name, cfg in rows:
         run_jax, _ = step_runner(cfg)
         state, (x, y), hp = setup(cfg)
@@ -327,10 +339,13 @@ def torch_comparison(dataset: str, rows, steps: int, rounds: int) -> None:
         run_torch = lambda: step(xt, yt, float(hp["alpha"]))
         times = {"jax": [], "torch": []}
         for _ in range(rounds):   # interleaved: a slow spell of the machine hits both
-            times["jax"].append(median_ms(run_jax, steps))
-            times["torch"].append(median_ms(run_torch, steps))
-        jax_ms, torch_ms = (statistics.median(times[k]) for k in ("jax", "torch"))
-        print(f"| {name} | {jax_ms:.0f} | {torch_ms:.0f} | {torch_ms / jax_ms:.2f} |", flush=True)
+            times["jax"].append(wall_and_cpu_ms(run_jax, steps))
+            times["torch"].append(wall_and_cpu_ms(run_torch, steps))
+        (jax_ms, jax_cpu), (torch_ms, torch_cpu) = (
+            [statistics.median(t[i] for t in times[k]) for i in (0, 1)] for k in ("jax", "torch"))
+        print(f"| {name} | {jax_ms:.0f} | {torch_ms:.0f} | {torch_ms / jax_ms:.2f} | "
+              f"{jax_cpu:.0f} ({jax_cpu / jax_ms:.2f}) | {torch_cpu:.0f} ({torch_cpu / torch_ms:.2f}) |",
+              flush=True)
 
 
 def main():
