@@ -235,11 +235,17 @@ def kernel_kind(name: str) -> str:
     return "other fusion" if "fusion" in n else "other"
 
 
+def trace_file(trace_dir: str) -> str:
+    """The perfetto trace (.trace.json.gz) that jax.profiler.trace wrote under trace_dir."""
+    return glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+
+
 def device_kernels(trace_dir: str) -> list:
-    """[(name, hlo_op, microseconds)] of the kernels that ran on the device in a
-    jax.profiler trace (the host's operations, where no device was traced: the CPU)."""
-    path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
-    with gzip.open(path) as f:
+    """[(kernel name, HLO operation, flax scope, microseconds)] of the kernels that ran on the
+    device in a jax.profiler trace (the host's operations where no device was traced: CPU).
+    The scope, e.g. `transpose(jvp(vmap(transpose(jvp(WideResNet)))))/WideBlock_4/Conv_0/
+    conv_general_dilated`, says which layer and which pass of a double backward made it."""
+    with gzip.open(trace_file(trace_dir)) as f:
         data = json.load(f)
     events = data["traceEvents"] if isinstance(data, dict) else data
     names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
@@ -252,7 +258,7 @@ def device_kernels(trace_dir: str) -> list:
             continue
         if (e.get("pid") in gpu) if gpu else not e["name"].startswith(host_only):
             args = e.get("args", {})
-            out.append((e["name"], str(args.get("hlo_op", args.get("long_name", ""))),
+            out.append((e["name"], str(args.get("hlo_op", "")), str(args.get("name", "")),
                         float(e["dur"])))
     return out
 
@@ -273,7 +279,7 @@ def profile_table(args, batch_size: int, ks) -> None:
             if case not in args.cases.split(","):
                 continue
             cfg = grfd.preset("cifar100", smoke=args.smoke, dtype=dtype, **over)
-            if label == "phase III":
+            if case == "phase3":
                 state = grfd.init_target_state(cfg, jax.random.key(0), 390)
                 step, hp = classifier_step(grfd.make_classifier(cfg)), {}
             else:
@@ -281,24 +287,23 @@ def profile_table(args, batch_size: int, ks) -> None:
                 step, hp = grfd.make_generator_step(cfg), {"alpha": jnp.float32(10.0)}
             try:
                 f = step_figures(state, step, (x, y), hp, args.repeats)
-                trace_dir = tempfile.mkdtemp(prefix="jaxdefense-trace-")
-                with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-                    for _ in range(traced_steps):
-                        f["run"]()
-                kernels = device_kernels(trace_dir)
+                with tempfile.TemporaryDirectory(prefix="jaxdefense-trace-") as trace_dir:
+                    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                        for _ in range(traced_steps):
+                            f["run"]()
+                    kernels = device_kernels(trace_dir)
+                    if args.out:
+                        tag = f"{case}_K{over.get('rb_samples', 0)}_{dtype}"
+                        shutil.copy(trace_file(trace_dir),
+                                    os.path.join(args.out, f"trace_{tag}.json.gz"))
             except Exception as err:              # keep the other rows of a short lease
                 print(f"{label} {dtype}: failed: {type(err).__name__}: {err}", flush=True)
                 continue
-            if args.out:
-                tag = f"{label.replace(' ', '').replace(',', '_').replace('=', '')}_{dtype}"
-                path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"),
-                                 recursive=True)[0]
-                shutil.copy(path, os.path.join(args.out, f"trace_{tag}.json.gz"))
             by_kind = collections.Counter()
             by_name = collections.Counter()
-            for name, op, us in kernels:
+            for name, op, scope, us in kernels:
                 by_kind[kernel_kind(name)] += us / traced_steps / 1000
-                by_name[(name[:90], op[:40])] += us / traced_steps / 1000
+                by_name[(name[:90], op[:40], scope)] += us / traced_steps / 1000
             rows.append((label, dtype, f["ms"], len(kernels) / traced_steps,
                          sum(by_kind.values()), by_kind, f["gib"]))
             tops.append((label, dtype, by_name.most_common(args.top)))
@@ -312,8 +317,8 @@ def profile_table(args, batch_size: int, ks) -> None:
                      " | ".join(f"{kinds[k]:.1f}" for k in KINDS) + f" | {gib:.2f} |")
     for label, dtype, top in tops:
         lines.append(f"\n{label}, {dtype}: the {args.top} costliest kernels, ms per step\n")
-        lines += [f"    {ms:7.2f}  {kernel_kind(name):14s} {name}  [{op}]"
-                  for (name, op), ms in top]
+        lines += [f"    {ms:7.2f}  {kernel_kind(name):14s} {name}  [{op}] {scope}"
+                  for (name, op, scope), ms in top]
     text = "\n".join(lines)
     print("\n" + text, flush=True)
     if args.out:

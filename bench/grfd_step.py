@@ -344,8 +344,8 @@ def torch_comparison(dataset: str, rows, steps: int, rounds: int) -> None:
         (jax_ms, jax_cpu), (torch_ms, torch_cpu) = (
             [statistics.median(t[i] for t in times[k]) for i in (0, 1)] for k in ("jax", "torch"))
         print(f"| {name} | {jax_ms:.0f} | {torch_ms:.0f} | {torch_ms / jax_ms:.2f} | "
-              f"{jax_cpu:.0f} ({jax_cpu / jax_ms:.2f}) | {torch_cpu:.0f} ({torch_cpu / torch_ms:.2f}) |",
-              flush=True)
+              f"{jax_cpu:.0f} ({jax_cpu / jax_ms:.2f}) | "
+              f"{torch_cpu:.0f} ({torch_cpu / torch_ms:.2f}) |", flush=True)
 
 
 def main():
