@@ -34,7 +34,7 @@ def conv_dtype(dtype, stride: int):
     cuDNN has only a slow generic kernel in bfloat16: on an H200 two such convolutions took
     47 ms of a 100-109 ms GRFD phase-I step, against 1.9 ms in float32 (an FFT),
     and with them in float32 the bfloat16 step fell to 68 ms (BENCHMARKS.md, "bfloat16 on
-    a GPU"). Two to six layers per network, so float32 there costs little."""
+    a GPU"). Four layers in a WRN, six in ResNet-18, so float32 there costs little."""
     if jnp.dtype(dtype) == jnp.bfloat16 and stride > 1:
         return jnp.float32
     return dtype
