@@ -68,7 +68,7 @@ def test_batch_norm_variance_is_accurate_in_float32():
 
 
 @pytest.mark.parametrize("shape,cout", [((2, 7, 7, 8), 4), ((1, 5, 6, 3), 1)])
-def test_conv_transpose_subpixel_matches_flax(shape, cout):
+def test_conv_transpose_matches_flax(shape, cout):
     """ConvTranspose2x holds nn.ConvTranspose(4x4, s2, 'SAME')'s params and computes its
     output and gradients (input and kernel) in every formulation."""
     import flax.linen as nn
@@ -81,7 +81,7 @@ def test_conv_transpose_subpixel_matches_flax(shape, cout):
     v = {"params": {"kernel": v["params"]["kernel"], "bias": v["params"]["bias"] + 0.3}}
     loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))
     want = jax.value_and_grad(loss(ref), argnums=(0, 1))(v, x)
-    for impl in ("subpixel", "im2col", "xla"):
+    for impl in ("scatter", "subpixel", "im2col", "xla"):
         got = jax.value_and_grad(loss(ConvTranspose2x(cout, impl=impl)), argnums=(0, 1))(v, x)
         assert ConvTranspose2x(cout, impl=impl).apply(v, x).shape == (
             shape[0], 2 * shape[1], 2 * shape[2], cout)
@@ -116,19 +116,17 @@ def test_strided_conv_matches_flax(shape, padding):
                  parts, (want[1][0]["params"]["kernel"], want[1][1]))
 
 
-def test_conv_transpose_auto_picks_by_channels(monkeypatch):
-    """On CPU 'auto' takes the 2x2-window product where 4 * Cout >= Cin (the decoder's
-    64 -> 32 layer), the sub-pixel convolution otherwise (32 -> 1)."""
+def test_conv_transpose_auto_is_scatter_on_cpu(monkeypatch):
+    """On CPU 'auto' computes every transposed convolution in the scatter form (one product,
+    then overlap-add), wide and narrow alike."""
     from jaxdefense.models import layers
     calls = []
-    for name in ("conv_transpose_windows", "conv_transpose_subpixel"):
-        fn = getattr(layers, name)
-        monkeypatch.setattr(layers, name, lambda x, k, fn=fn, name=name: (
-            calls.append((name, x.shape[-1], k.shape[-1])), fn(x, k))[1])
+    fn = layers.conv_transpose_scatter
+    monkeypatch.setattr(layers, "conv_transpose_scatter", lambda x, k: (
+        calls.append((x.shape[-1], k.shape[-1])), fn(x, k))[1])
     for cin, cout in ((64, 32), (32, 1)):
-        x = jnp.zeros((1, 3, 3, cin))
-        layers.ConvTranspose2x(cout).init(jax.random.key(0), x)
-    assert calls == [("conv_transpose_windows", 64, 32), ("conv_transpose_subpixel", 32, 1)]
+        layers.ConvTranspose2x(cout).init(jax.random.key(0), jnp.zeros((1, 3, 3, cin)))
+    assert calls == [(64, 32), (32, 1)]
 
 
 def test_lvcvae_decoder_params_keep_their_names():

@@ -321,13 +321,40 @@ def conv_transpose_windows(x, kernel):
     return y.reshape(b, 2 * h, 2 * w, cout)
 
 
+def _overlap_add_2x(z, axis: int, tap_axis: int):
+    """Fold the 4 kernel taps at `tap_axis` of z into twice the length of its spatial `axis`
+    (n -> 2n): output row o = 2i + 2 - t gets input row i's tap t (lax.conv_transpose's
+    k4 s2 'SAME' placement, no kernel flip). With o + 1 = 2m + p: tap 3 - p of row m plus tap
+    1 - p of row m - 1. Slices, pads and adds only; tap_axis > axis."""
+    n = z.shape[axis]
+    pad = lambda a, lo, hi: jnp.pad(a, [(lo, hi) if d == axis else (0, 0) for d in range(a.ndim)])
+    tap = lambda t: jax.lax.index_in_dim(z, t, tap_axis, keepdims=False)
+    out = jnp.stack([pad(tap(3 - p), 0, 1) + pad(tap(1 - p), 1, 0) for p in range(2)], axis + 1)
+    out = out.reshape(*out.shape[:axis], 2 * n + 2, *out.shape[axis + 2:])
+    return jax.lax.slice_in_dim(out, 1, 2 * n + 1, axis=axis)
+
+
+def conv_transpose_scatter(x, kernel):
+    """flax `ConvTranspose(k 4x4, stride 2, 'SAME')` as in `conv_transpose_subpixel`, but as
+    the textbook scatter form: one matrix product [B * H * W, Cin] x [Cin, 16 * Cout] (every
+    input pixel times every kernel tap, the transposed convolution's own multiply-adds and
+    no more), then the 16 tap images overlap-added into the 2x output (`_overlap_add_2x`,
+    rows then columns). Its gradients are a product of the same shape and slices."""
+    b, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    k = kernel.transpose(2, 0, 1, 3).reshape(cin, 16 * cout)
+    z = (x.reshape(-1, cin) @ k).reshape(b, h, w, 4, 4, cout)           # [.., row tap, col tap, ..]
+    return _overlap_add_2x(_overlap_add_2x(z, 1, 3), 2, 3)
+
+
 class ConvTranspose2x(nn.Module):
     """A 4x4, stride-2, 'SAME' transposed convolution with nn.ConvTranspose's parameters
     ('kernel' [4, 4, Cin, Cout], 'bias'), so checkpoints do not depend on `impl`.
 
-    impl: 'subpixel' (`conv_transpose_subpixel`), 'im2col' (`conv_transpose_windows`), 'xla'
-    (lax.conv_transpose) or 'auto': on CPU im2col where 4 * Cout >= Cin, else subpixel
-    (the faster of the two in each layer timed, BENCHMARKS.md); xla elsewhere."""
+    impl: 'scatter' (`conv_transpose_scatter`), 'subpixel' (`conv_transpose_subpixel`),
+    'im2col' (`conv_transpose_windows`), 'xla' (lax.conv_transpose) or 'auto': on CPU
+    scatter (the fastest of the four in every layer shape timed, BENCHMARKS.md), xla
+    elsewhere."""
     features: int
     impl: str = "auto"
     dtype: Any = jnp.float32
@@ -336,11 +363,10 @@ class ConvTranspose2x(nn.Module):
     def __call__(self, x):
         impl = self.impl
         if impl == "auto":
-            impl = ("xla" if jax.default_backend() != "cpu"
-                    else "im2col" if 4 * self.features >= x.shape[-1] else "subpixel")
-        if impl not in ("xla", "subpixel", "im2col"):
-            raise ValueError("transposed conv impl must be auto, xla, subpixel or im2col, got "
-                             f"{impl!r}")
+            impl = "scatter" if jax.default_backend() == "cpu" else "xla"
+        if impl not in ("xla", "subpixel", "im2col", "scatter"):
+            raise ValueError("transposed conv impl must be auto, xla, subpixel, im2col or "
+                             f"scatter, got {impl!r}")
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (4, 4, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
@@ -349,6 +375,8 @@ class ConvTranspose2x(nn.Module):
             y = conv_transpose_subpixel(x, kernel)
         elif impl == "im2col":
             y = conv_transpose_windows(x, kernel)
+        elif impl == "scatter":
+            y = conv_transpose_scatter(x, kernel)
         else:
             y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))

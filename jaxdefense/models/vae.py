@@ -57,7 +57,7 @@ class ConvDecoder(nn.Module):
     base: int
     channels: int
     dtype: Any = jnp.float32
-    impl: str = "auto"          # ConvTranspose2x: 'auto', 'subpixel', 'im2col' or 'xla'
+    impl: str = "auto"          # ConvTranspose2x: auto, scatter, subpixel, im2col, xla
 
     @nn.compact
     def __call__(self, h, train):
@@ -103,8 +103,8 @@ class LVCVAE(nn.Module):
     height and width must be divisible by 4. In training z = mu + exp(logvar / 2) * n with n
     from the 'sample' rng; in evaluation z = mu, so G is deterministic. rectifier=False
     drops the head (CD-VAE); logits_z is then None. transpose_impl: how the decoder's
-    transposed convolutions compute ('auto': on CPU the 2x2-window product or sub-pixel by
-    channels, XLA's elsewhere: `layers.ConvTranspose2x`; same params).
+    transposed convolutions compute ('auto': on CPU one product and an overlap-add, XLA's
+    elsewhere: `layers.ConvTranspose2x`; same params).
     """
     num_classes: int
     z_dim: int = 256
