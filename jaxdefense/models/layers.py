@@ -10,9 +10,9 @@ BENCHMARKS.md).
 `Conv(impl='auto')` uses `conv_cpu` while an attack traces it (`fast.fast_layers`), and
 elsewhere on CPU the banded form where it applies (it also wins for training's parameter
 gradients; im2col does not), XLA's convolution otherwise. `ConvTranspose2x` computes a k4
-s2 transposed convolution on CPU as one matrix product over 2x2 windows or as a stride-1
-convolution and depth-to-space; a strided `Conv` runs on CPU as quarter-batch convolutions
-side by side (`conv_batch_parts`). Results equal the XLA operations up to float summation
+s2 transposed convolution on CPU as one matrix product of every input pixel with every
+kernel tap and an overlap-add of the tap images; a strided `Conv` runs on CPU as
+quarter-batch convolutions side by side (`conv_batch_parts`). Results equal the XLA operations up to float summation
 order.
 """
 from __future__ import annotations
