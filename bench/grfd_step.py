@@ -127,11 +127,10 @@ def timing_table(dataset: str, rows, steps: int) -> None:
 
 
 VARIANTS = {  # name -> (LVCVAE transpose_impl, LeNet-5 RSM conv_impl)
-    "transposed xla, RSM im2col": ("xla", "im2col"),
-    "transposed subpixel, RSM im2col": ("subpixel", "im2col"),
-    "transposed auto, RSM im2col": ("auto", "im2col"),
-    "transposed xla, RSM xla": ("xla", "xla"),
-    "transposed subpixel, RSM xla": ("subpixel", "xla"),
+    "transposed scatter (auto), RSM auto": ("scatter", "auto"),
+    "transposed im2col, RSM auto": ("im2col", "auto"),
+    "transposed subpixel, RSM auto": ("subpixel", "auto"),
+    "transposed xla, RSM auto": ("xla", "auto"),
     "transposed auto, RSM xla": ("auto", "xla"),
 }
 
@@ -155,7 +154,7 @@ def variant_table(dataset: str, rows, steps: int, rounds: int) -> None:
             f"{statistics.median(t):.0f} ({min(t):.0f}-{max(t):.0f})" for t in cells) + " |")
     cfg, target = rows[0][1], {}
     for _ in range(rounds):      # phase III: the target's plain training step on x_r
-        for conv in ("im2col", "xla"):
+        for conv in ("auto", "xla"):
             target.setdefault(conv, []).append(
                 time_target_step(cfg, grfd.make_classifier(cfg).clone(conv_impl=conv), steps))
     print("\nphase III step (target on x_r), ms: " + ", ".join(
