@@ -73,7 +73,8 @@ def median_ms(run, repeats: int) -> float:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=SHAPES, help="HxCinxCout,... (input height = width)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=5)

@@ -12,8 +12,8 @@ elsewhere on CPU the banded form where it applies (it also wins for training's p
 gradients; im2col does not), XLA's convolution otherwise. `ConvTranspose2x` computes a k4
 s2 transposed convolution on CPU as one matrix product of every input pixel with every
 kernel tap and an overlap-add of the tap images; a strided `Conv` runs on CPU as
-quarter-batch convolutions side by side (`conv_batch_parts`). Results equal the XLA operations up to float summation
-order.
+quarter-batch convolutions side by side (`conv_batch_parts`). Results equal the XLA
+operations up to float summation order.
 """
 from __future__ import annotations
 
@@ -327,7 +327,8 @@ def _overlap_add_2x(z, axis: int, tap_axis: int):
     k4 s2 'SAME' placement, no kernel flip). With o + 1 = 2m + p: tap 3 - p of row m plus tap
     1 - p of row m - 1. Slices, pads and adds only; tap_axis > axis."""
     n = z.shape[axis]
-    pad = lambda a, lo, hi: jnp.pad(a, [(lo, hi) if d == axis else (0, 0) for d in range(a.ndim)])
+    pad = lambda a, lo, hi: jnp.pad(a, [(lo, hi) if d == axis else (0, 0)
+                                        for d in range(a.ndim)])
     tap = lambda t: jax.lax.index_in_dim(z, t, tap_axis, keepdims=False)
     out = jnp.stack([pad(tap(3 - p), 0, 1) + pad(tap(1 - p), 1, 0) for p in range(2)], axis + 1)
     out = out.reshape(*out.shape[:axis], 2 * n + 2, *out.shape[axis + 2:])
@@ -343,7 +344,7 @@ def conv_transpose_scatter(x, kernel):
     b, h, w, cin = x.shape
     cout = kernel.shape[-1]
     k = kernel.transpose(2, 0, 1, 3).reshape(cin, 16 * cout)
-    z = (x.reshape(-1, cin) @ k).reshape(b, h, w, 4, 4, cout)           # [.., row tap, col tap, ..]
+    z = (x.reshape(-1, cin) @ k).reshape(b, h, w, 4, 4, cout)      # taps: row, column
     return _overlap_add_2x(_overlap_add_2x(z, 1, 3), 2, 3)
 
 
