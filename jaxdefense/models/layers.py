@@ -63,7 +63,24 @@ def band_block(w: int, kw: int, cout: int) -> int:
     return min((d for d in range(1, w + 1) if w % d == 0), key=cost)
 
 
+# `conv_banded` works on this many equal slices of the batch where it divides: independent
+# products that XLA runs side by side, so that the kernel gradient of a layer with few input
+# channels (a contraction over every output position, which XLA:CPU's own dot runs on one
+# thread) splits too. L_rb's second-order pass gains; attacks and first-order steps do not
+# change (BENCHMARKS.md, tenth session).
+BAND_PARTS = 2
+
+
 def conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
+    """`_conv_banded` on BAND_PARTS slices of the batch where it divides, concatenated: the
+    same values (each product row is one output position of one image)."""
+    if BAND_PARTS > 1 and x.shape[0] % BAND_PARTS == 0:
+        return jnp.concatenate([_conv_banded(xi, kernel, padding, block)
+                                for xi in jnp.split(x, BAND_PARTS)])
+    return _conv_banded(x, kernel, padding, block)
+
+
+def _conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
     """Stride-1 NHWC convolution (HWIO kernel) as one matrix product. The output width is
     cut into blocks of `block` columns (default `band_block`; the last block is padded);
     each block's kh rows of block + kw - 1 padded input columns, [B, Ho, blocks,
