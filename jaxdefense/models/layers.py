@@ -63,18 +63,20 @@ def band_block(w: int, kw: int, cout: int) -> int:
     return min((d for d in range(1, w + 1) if w % d == 0), key=cost)
 
 
-# `conv_banded` works on this many equal slices of the batch where it divides: independent
-# products that XLA runs side by side, so that the kernel gradient of a layer with few input
-# channels (a contraction over every output position, which XLA:CPU's own dot runs on one
-# thread) splits too. L_rb's second-order pass gains; attacks and first-order steps do not
-# change (BENCHMARKS.md, tenth session).
+# `conv_banded` works on BAND_PARTS equal slices of a batch of at least BAND_SPLIT_BATCH
+# images: independent products that XLA runs side by side, so that the kernel gradient of a
+# layer with few input channels (a contraction over every output position, which XLA:CPU's
+# own dot runs on one thread) splits too. GRFD's L_rb passes (K + 1 batches at once) gain;
+# at batch 128 (attacks, first-order steps) it made no difference (BENCHMARKS.md, tenth
+# session), so smaller batches stay whole.
 BAND_PARTS = 2
+BAND_SPLIT_BATCH = 256
 
 
 def conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
-    """`_conv_banded` on BAND_PARTS slices of the batch where it divides, concatenated: the
-    same values (each product row is one output position of one image)."""
-    if BAND_PARTS > 1 and x.shape[0] % BAND_PARTS == 0:
+    """`_conv_banded`, on BAND_PARTS slices of a large batch (see BAND_SPLIT_BATCH),
+    concatenated: the same values (each product row is one output position of one image)."""
+    if x.shape[0] >= BAND_SPLIT_BATCH and x.shape[0] % BAND_PARTS == 0:
         return jnp.concatenate([_conv_banded(xi, kernel, padding, block)
                                 for xi in jnp.split(x, BAND_PARTS)])
     return _conv_banded(x, kernel, padding, block)
