@@ -21,13 +21,17 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdefense.models import layers
+
+try:
+    from bench.grfd_step import median_ms
+except ImportError:                          # run as a script: bench/ is on sys.path
+    from grfd_step import median_ms
 
 IMPLS = {"scatter": layers.conv_transpose_scatter, "im2col": layers.conv_transpose_windows,
          "subpixel": layers.conv_transpose_subpixel,
@@ -60,16 +64,6 @@ def torch_run(x, k, r):
         xt.grad = wt.grad = None
         (F.conv_transpose2d(xt, wt, stride=2, padding=1) * rt).sum().backward()
     return run
-
-
-def median_ms(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main():

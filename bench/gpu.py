@@ -38,24 +38,21 @@ import gzip
 import json
 import os
 import shutil
-import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+try:
+    from bench.grfd_step import median_ms
+except ImportError:                          # run as a script: bench/ is on sys.path
+    from grfd_step import median_ms
+
 
 def timed(fn, repeats: int) -> float:
     """Median seconds of fn() (which must block) over `repeats` runs after one warm-up."""
-    fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    return median_ms(fn, repeats) / 1000
 
 
 def matmul_tflops(n: int, dtype, repeats: int) -> float:

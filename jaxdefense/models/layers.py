@@ -63,6 +63,15 @@ def band_block(w: int, kw: int, cout: int) -> int:
     return min((d for d in range(1, w + 1) if w % d == 0), key=cost)
 
 
+def on_batch_slices(fn, x, parts: int):
+    """fn on `parts` equal slices of x's batch, concatenated: independent operations that
+    XLA:CPU runs side by side (fn must treat images independently). fn(x) itself where
+    parts is 1 or does not divide the batch."""
+    if parts <= 1 or x.shape[0] % parts:
+        return fn(x)
+    return jnp.concatenate([fn(xi) for xi in jnp.split(x, parts)])
+
+
 # `conv_banded` works on BAND_PARTS equal slices of a batch of at least BAND_SPLIT_BATCH
 # images: independent products that XLA runs side by side, so that the kernel gradient of a
 # layer with few input channels (a contraction over every output position, which XLA:CPU's
@@ -76,10 +85,8 @@ BAND_SPLIT_BATCH = 256
 def conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
     """`_conv_banded`, on BAND_PARTS slices of a large batch (see BAND_SPLIT_BATCH),
     concatenated: the same values (each product row is one output position of one image)."""
-    if x.shape[0] >= BAND_SPLIT_BATCH and x.shape[0] % BAND_PARTS == 0:
-        return jnp.concatenate([_conv_banded(xi, kernel, padding, block)
-                                for xi in jnp.split(x, BAND_PARTS)])
-    return _conv_banded(x, kernel, padding, block)
+    parts = BAND_PARTS if x.shape[0] >= BAND_SPLIT_BATCH else 1
+    return on_batch_slices(lambda xi: _conv_banded(xi, kernel, padding, block), x, parts)
 
 
 def _conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
@@ -178,13 +185,12 @@ BATCH_PARTS = 4
 
 def conv_batch_parts(x, kernel, strides, padding, parts: int = BATCH_PARTS):
     """XLA's NHWC / HWIO convolution computed as `parts` convolutions over equal slices of
-    the batch, concatenated (the batch must divide): the same values, and the kernel's
-    gradient summed over the slices. parts=1 is XLA's convolution itself."""
+    the batch, concatenated (`on_batch_slices`): the same values, and the kernel's gradient
+    summed over the slices. XLA's convolution itself where parts is 1 or does not divide
+    the batch."""
     conv = lambda xi: jax.lax.conv_general_dilated(xi, kernel, strides, padding,
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    if parts == 1:
-        return conv(x)
-    return jnp.concatenate([conv(xi) for xi in jnp.split(x, parts)])
+    return on_batch_slices(conv, x, parts)
 
 
 class Conv(nn.Module):
@@ -219,8 +225,7 @@ class Conv(nn.Module):
             y = conv_cpu(x, kernel, strides, self.padding)
         else:
             parts = (BATCH_PARTS if strides != (1, 1) and self.impl == "auto"
-                     and jax.default_backend() == "cpu" and x.shape[0] % BATCH_PARTS == 0
-                     else 1)
+                     and jax.default_backend() == "cpu" else 1)
             y = conv_batch_parts(x, kernel, strides, self.padding, parts)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,),
