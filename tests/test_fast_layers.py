@@ -84,18 +84,22 @@ def test_banded_convolution_matches_xla_values_and_gradients(shape, k, padding):
 
 
 def test_banded_convolution_slices_large_batches_with_the_same_results(monkeypatch):
-    """From BAND_SPLIT_BATCH images conv_banded computes on BAND_PARTS slices of the batch
-    (two products in the program); values and both gradients equal the whole-batch form."""
+    """From BAND_SPLIT_BATCH images conv_banded computes on slices of at least BAND_SLICE
+    images (as many as divide the batch: one product each); values and both gradients
+    equal the whole-batch form."""
     from jaxdefense.models import layers
+    assert [layers.band_parts(n) for n in (128, 255, 256, 384, 640, 257)] == [1, 1, 2, 3, 5, 1]
     monkeypatch.setattr(layers, "BAND_SPLIT_BATCH", 8)
-    x = jax.random.uniform(jax.random.key(0), (8, 10, 10, 1))
+    monkeypatch.setattr(layers, "BAND_SLICE", 4)
+    x = jax.random.uniform(jax.random.key(0), (12, 10, 10, 1))
     kernel = jax.random.normal(jax.random.key(1), (5, 5, 1, 6))
     pads = ((2, 2), (2, 2))
     loss = lambda fn: lambda xx, kk: jnp.sum(jnp.sin(fn(xx, kk)))
     sliced = lambda xx, kk: layers.conv_banded(xx, kk, pads)
     whole = lambda xx, kk: layers._conv_banded(xx, kk, pads)
     count = lambda f, xx: str(jax.make_jaxpr(f)(xx, kernel)).count("dot_general")
-    assert count(sliced, x) == 2 * count(whole, x) == 2
+    assert count(sliced, x) == 3 * count(whole, x) == 3     # 12 images: 3 slices of 4
+    assert count(sliced, x[:8]) == 2
     assert count(sliced, x[:6]) == 1                     # below the threshold: whole
     np.testing.assert_allclose(sliced(x, kernel), whole(x, kernel), rtol=1e-6, atol=1e-6)
     for got, ref in zip(jax.grad(loss(sliced), (0, 1))(x, kernel),

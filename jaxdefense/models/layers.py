@@ -72,21 +72,30 @@ def on_batch_slices(fn, x, parts: int):
     return jnp.concatenate([fn(xi) for xi in jnp.split(x, parts)])
 
 
-# `conv_banded` works on BAND_PARTS equal slices of a batch of at least BAND_SPLIT_BATCH
-# images: independent products that XLA runs side by side, so that the kernel gradient of a
-# layer with few input channels (a contraction over every output position, which XLA:CPU's
-# own dot runs on one thread) splits too. GRFD's L_rb passes (K + 1 batches at once) gain;
-# at batch 128 (attacks, first-order steps) it made no difference (BENCHMARKS.md, tenth
-# session), so smaller batches stay whole.
-BAND_PARTS = 2
+# `conv_banded` works on equal slices of about BAND_SLICE images (at least that many; the
+# most slices that divide the batch) once a batch has BAND_SPLIT_BATCH images: independent
+# products that XLA runs side by side, so that the kernel gradient of a layer with few input
+# channels (a contraction over every output position, which XLA:CPU's own dot runs on one
+# thread) splits too. GRFD's L_rb passes ((K + 1) x B images at once) gain: K = 1 two slices,
+# K = 4 five (tenth and eleventh sessions, BENCHMARKS.md); at batch 128 (attacks, first-order
+# steps) slicing made no difference, so smaller batches stay whole.
+BAND_SLICE = 128
 BAND_SPLIT_BATCH = 256
 
 
+def band_parts(n: int) -> int:
+    """How many slices `conv_banded` cuts a batch of n images into: 1 below
+    BAND_SPLIT_BATCH, else the most slices of at least BAND_SLICE images dividing n."""
+    if n < BAND_SPLIT_BATCH:
+        return 1
+    return max(p for p in range(1, n // BAND_SLICE + 1) if n % p == 0)
+
+
 def conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
-    """`_conv_banded`, on BAND_PARTS slices of a large batch (see BAND_SPLIT_BATCH),
-    concatenated: the same values (each product row is one output position of one image)."""
-    parts = BAND_PARTS if x.shape[0] >= BAND_SPLIT_BATCH else 1
-    return on_batch_slices(lambda xi: _conv_banded(xi, kernel, padding, block), x, parts)
+    """`_conv_banded` on `band_parts` slices of the batch, concatenated: the same values
+    (each product row is one output position of one image)."""
+    return on_batch_slices(lambda xi: _conv_banded(xi, kernel, padding, block), x,
+                           band_parts(x.shape[0]))
 
 
 def _conv_banded(x, kernel, padding=((0, 0), (0, 0)), block=None):
