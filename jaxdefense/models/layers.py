@@ -12,8 +12,9 @@ elsewhere on CPU the banded form where it applies (it also wins for training's p
 gradients; im2col does not), XLA's convolution otherwise. `ConvTranspose2x` computes a k4
 s2 transposed convolution on CPU as one matrix product of every input pixel with every
 kernel tap and an overlap-add of the tap images; a strided `Conv` runs on CPU as
-quarter-batch convolutions side by side (`conv_batch_parts`). Results equal the XLA
-operations up to float summation order.
+quarter-batch convolutions side by side (`conv_batch_parts`), a 4x4 stride-2 one with its
+input gradient in that scatter form (`conv_k4_s2`). Results equal the XLA operations up to
+float summation order.
 """
 from __future__ import annotations
 
@@ -202,13 +203,52 @@ def conv_batch_parts(x, kernel, strides, padding, parts: int = BATCH_PARTS):
     return on_batch_slices(conv, x, parts)
 
 
+def is_k4_s2_p1(x_shape, kernel_shape, strides, padding) -> bool:
+    """Whether this is a 4x4 stride-2 convolution padded by 1 on every side ('SAME' is that
+    for even sizes) of an input with even height and width: the LVCVAE encoders' layers,
+    whose input gradient is exactly a k4 s2 'SAME' transposed convolution (`conv_k4_s2`)."""
+    h, w = x_shape[1:3]
+    if tuple(kernel_shape[:2]) != (4, 4) or tuple(strides) != (2, 2) or h % 2 or w % 2:
+        return False
+    if isinstance(padding, str):
+        padding = (_pads(h, 4, 2, padding), _pads(w, 4, 2, padding))
+    return tuple(tuple(p) for p in padding) == ((1, 1), (1, 1))
+
+
+@jax.custom_vjp
+def conv_k4_s2(x, kernel):
+    """A 4x4 stride-2 convolution padded by 1 (`is_k4_s2_p1`), NHWC / HWIO: forward and
+    kernel gradient XLA's in BATCH_PARTS batch slices (`conv_batch_parts`), the input
+    gradient as the scatter form of the transposed convolution (`conv_transpose_scatter`
+    with the kernel flipped and its channels swapped), which XLA:CPU runs faster than its
+    own input gradient (BENCHMARKS.md, eleventh session). Same values up to float rounding.
+    A custom_vjp (as `max_pool_2x2`): reverse mode to any order and forward-over-reverse
+    work, plain forward mode (`jax.jvp` of the layer itself) does not."""
+    return conv_batch_parts(x, kernel, (2, 2), ((1, 1), (1, 1)))
+
+
+def _conv_k4_s2_fwd(x, kernel):
+    return conv_k4_s2(x, kernel), (x, kernel)
+
+
+def _conv_k4_s2_bwd(res, g):
+    x, kernel = res
+    dk = jax.vjp(lambda k: conv_batch_parts(x, k, (2, 2), ((1, 1), (1, 1))), kernel)[1](g)[0]
+    dx = conv_transpose_scatter(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    return dx.astype(x.dtype), dk
+
+
+conv_k4_s2.defvjp(_conv_k4_s2_fwd, _conv_k4_s2_bwd)
+
+
 class Conv(nn.Module):
     """A convolution with nn.Conv's parameters ('kernel' HWIO, 'bias' unless use_bias is
     False) and names, so checkpoints are the same whichever `impl` computes it.
 
     Stride 1: `resolve_impl` (banded / im2col / XLA). Other strides: `conv_cpu` for 'im2col'
     and inside attacks (`fast.fast_layers`), else XLA's convolution, on CPU in BATCH_PARTS
-    slices of the batch where it divides (`conv_batch_parts`). padding: 'SAME', 'VALID' or
+    slices of the batch where it divides (`conv_batch_parts`), with a 4x4 stride-2 layer's
+    input gradient in the scatter form (`conv_k4_s2`). padding: 'SAME', 'VALID' or
     ((lo, hi), (lo, hi)).
     """
     features: int
@@ -232,6 +272,9 @@ class Conv(nn.Module):
             impl = resolve_impl(self.impl)
         if impl in ("im2col", "banded"):       # conv_cpu: banded wherever 'banded' was chosen
             y = conv_cpu(x, kernel, strides, self.padding)
+        elif (self.impl == "auto" and jax.default_backend() == "cpu"
+              and is_k4_s2_p1(x.shape, kernel.shape, strides, self.padding)):
+            y = conv_k4_s2(x, kernel)
         else:
             parts = (BATCH_PARTS if strides != (1, 1) and self.impl == "auto"
                      and jax.default_backend() == "cpu" else 1)
