@@ -116,6 +116,29 @@ def test_strided_conv_matches_flax(shape, padding):
                  parts, (want[1][0]["params"]["kernel"], want[1][1]))
 
 
+def test_k4_s2_conv_takes_its_input_gradient_in_the_scatter_form():
+    """'auto' on CPU computes a 4x4 stride-2 convolution padded by 1 (the LVCVAE encoders')
+    with `conv_k4_s2`, whose input gradient is the scatter-form transposed convolution:
+    the gradients, and a second-order gradient through them, equal XLA's convolution's."""
+    from jaxdefense.models import layers
+    assert layers.is_k4_s2_p1((2, 14, 14, 3), (4, 4, 3, 5), (2, 2), ((1, 1), (1, 1)))
+    assert layers.is_k4_s2_p1((2, 28, 28, 1), (4, 4, 1, 5), (2, 2), "SAME")
+    assert not layers.is_k4_s2_p1((2, 9, 8, 3), (4, 4, 3, 5), (2, 2), "SAME")       # odd
+    assert not layers.is_k4_s2_p1((2, 14, 14, 3), (3, 3, 3, 5), (2, 2), "SAME")
+    assert not layers.is_k4_s2_p1((2, 14, 14, 3), (4, 4, 3, 5), (2, 2), "VALID")
+    x = jax.random.normal(jax.random.key(0), (4, 14, 14, 6))
+    m = lambda impl: layers.Conv(5, (4, 4), ((1, 1), (1, 1)), impl, strides=(2, 2))
+    v = m("xla").init(jax.random.key(1), x)
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda x: m("auto").apply(v, x))(x))
+    assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: m("xla").apply(v, x))(x))
+    first = lambda impl: lambda v, x: jnp.sum(jnp.sin(m(impl).apply(v, x)))
+    second = lambda impl: lambda v, x: jnp.sum(jax.grad(first(impl), 1)(v, x) ** 2)
+    for f in (first, second):
+        got, want = (jax.grad(f(impl), (0, 1))(v, x) for impl in ("auto", "xla"))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                     got, want)
+
+
 def test_conv_transpose_auto_is_scatter_on_cpu(monkeypatch):
     """On CPU 'auto' computes every transposed convolution in the scatter form (one product,
     then overlap-add), wide and narrow alike."""
