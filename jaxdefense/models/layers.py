@@ -203,6 +203,9 @@ def conv_batch_parts(x, kernel, strides, padding, parts: int = BATCH_PARTS):
     return on_batch_slices(conv, x, parts)
 
 
+_PAD_1 = ((1, 1), (1, 1))
+
+
 def is_k4_s2_p1(x_shape, kernel_shape, strides, padding) -> bool:
     """Whether this is a 4x4 stride-2 convolution padded by 1 on every side ('SAME' is that
     for even sizes) of an input with even height and width: the LVCVAE encoders' layers,
@@ -212,7 +215,7 @@ def is_k4_s2_p1(x_shape, kernel_shape, strides, padding) -> bool:
         return False
     if isinstance(padding, str):
         padding = (_pads(h, 4, 2, padding), _pads(w, 4, 2, padding))
-    return tuple(tuple(p) for p in padding) == ((1, 1), (1, 1))
+    return tuple(tuple(p) for p in padding) == _PAD_1
 
 
 @jax.custom_vjp
@@ -224,7 +227,7 @@ def conv_k4_s2(x, kernel):
     own input gradient (BENCHMARKS.md, eleventh session). Same values up to float rounding.
     A custom_vjp (as `max_pool_2x2`): reverse mode to any order and forward-over-reverse
     work, plain forward mode (`jax.jvp` of the layer itself) does not."""
-    return conv_batch_parts(x, kernel, (2, 2), ((1, 1), (1, 1)))
+    return conv_batch_parts(x, kernel, (2, 2), _PAD_1)
 
 
 def _conv_k4_s2_fwd(x, kernel):
@@ -233,7 +236,7 @@ def _conv_k4_s2_fwd(x, kernel):
 
 def _conv_k4_s2_bwd(res, g):
     x, kernel = res
-    dk = jax.vjp(lambda k: conv_batch_parts(x, k, (2, 2), ((1, 1), (1, 1))), kernel)[1](g)[0]
+    dk, = jax.linear_transpose(lambda k: conv_batch_parts(x, k, (2, 2), _PAD_1), kernel)(g)
     dx = conv_transpose_scatter(g, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
     return dx.astype(x.dtype), dk
 
@@ -270,14 +273,13 @@ class Conv(nn.Module):
             impl = resolve_impl(self.impl, x.shape, kernel.shape, self.padding)
         else:
             impl = resolve_impl(self.impl)
+        cpu_auto = self.impl == "auto" and jax.default_backend() == "cpu"
         if impl in ("im2col", "banded"):       # conv_cpu: banded wherever 'banded' was chosen
             y = conv_cpu(x, kernel, strides, self.padding)
-        elif (self.impl == "auto" and jax.default_backend() == "cpu"
-              and is_k4_s2_p1(x.shape, kernel.shape, strides, self.padding)):
+        elif cpu_auto and is_k4_s2_p1(x.shape, kernel.shape, strides, self.padding):
             y = conv_k4_s2(x, kernel)
         else:
-            parts = (BATCH_PARTS if strides != (1, 1) and self.impl == "auto"
-                     and jax.default_backend() == "cpu" else 1)
+            parts = BATCH_PARTS if cpu_auto and strides != (1, 1) else 1
             y = conv_batch_parts(x, kernel, strides, self.padding, parts)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,),
