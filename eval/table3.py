@@ -6,12 +6,16 @@ examples under the papers' protocol and the adaptive white-box attack, print the
         --train_split='test[:8000]' --eval_split='test[8000:]' --epochs=3 --examples=500
     python -m eval.table3 --dataset=cifar10 --root=runs/table3-c10          # the paper's schedule
 
-Each column trains in ROOT/<defense> (resuming a run that stopped; a workdir with
-results.json is taken as it is), or comes from --existing=grfd:runs/grfd-mnist,... The
-table (accuracy in %, the paper's value in parentheses) goes to stdout and ROOT/table3.md,
-with ROOT/table3.json and ROOT/table3.png. Each column's measurement is kept in
-ROOT/columns/<column>.json as soon as it is done: run the same command again after a stop
-and it attacks only the columns not yet measured (with the same examples, attacks and runs).
+Before anything trains, every column's preset and flags are checked for the dataset (a
+workdir that holds a run with other settings, a --set field no column has, an --existing
+purifier in front of another model, training rows among the attacked examples: all refused).
+Each column trains in ROOT/<defense> (resuming a run that stopped; a finished workdir is
+taken as it is when its settings match), or comes from --existing=grfd:runs/grfd-mnist,...
+The table (accuracy in %, the published value and the difference in parentheses) goes to
+stdout and ROOT/table3.md, with ROOT/table3.json and ROOT/table3.png. Each column's
+measurement is kept in ROOT/columns/<column>.json as soon as it is done: run the same
+command again after a stop and it attacks only the columns not yet measured (with the same
+examples, attacks, runs and code).
 """
 from __future__ import annotations
 
@@ -38,7 +42,13 @@ def parse_args(argv):
     p.add_argument("--max_steps", type=int, default=None,
                    help="cap on attack iterations (default: the preset's; --smoke: 5)")
     p.add_argument("--eot_samples", type=int, default=None,
-                   help="EOT draws on randomized columns (default: the harness's 20)")
+                   help="EOT draws per gradient on randomized columns (default: 20; --smoke: 2)")
+    p.add_argument("--eval_draws", type=int, default=None,
+                   help="randomized columns count an example only if right on every one of "
+                        f"this many draws (default: {table3.EVAL_DRAWS}; --smoke: 2)")
+    p.add_argument("--checks", type=int, default=1,
+                   help="sanity checks per column: white-box <= papers' protocol, accuracy "
+                        "falls with eps, unbounded PGD reaches chance (default: 1)")
     p.add_argument("--attacks", default=None,
                    help="comma list of attacks (default: all): " + ",".join(table3.ATTACK_ORDER))
     p.add_argument("--columns", default=None,
@@ -59,15 +69,10 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def _overrides(args) -> dict:
-    out = {k: v for k, v in dict(data_dir=args.data_dir, train_split=args.train_split,
-                                 eval_split=args.eval_split, limit_train=args.limit_train,
-                                 seed=args.seed).items() if v is not None}
-    if args.epochs is not None:
-        out.update(epochs=args.epochs, target_epochs=args.epochs)
-    # the defenses' own closing reports: few examples (the table attacks them all again)
-    out.update(attack_examples=min(args.examples, 100), attack_max_steps=10)
-    for item in filter(None, (args.overrides or "").split(",")):
+def _user_overrides(text) -> dict:
+    """--set k=v,k=v as typed values."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
         k, sep, v = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes k=v pairs, got {item!r}")
@@ -79,6 +84,17 @@ def _overrides(args) -> dict:
                 continue
         out[k.strip()] = {"true": True, "false": False}.get(v, v) if isinstance(v, str) else v
     return out
+
+
+def _overrides(args) -> dict:
+    out = {k: v for k, v in dict(data_dir=args.data_dir, train_split=args.train_split,
+                                 eval_split=args.eval_split, limit_train=args.limit_train,
+                                 seed=args.seed).items() if v is not None}
+    if args.epochs is not None:
+        out.update(epochs=args.epochs, target_epochs=args.epochs)
+    # the defenses' own closing reports: few examples (the table attacks them all again)
+    out.update(attack_examples=min(args.examples, 100), attack_max_steps=10)
+    return {**out, **_user_overrides(args.overrides)}
 
 
 def main(argv=None) -> int:
@@ -96,11 +112,15 @@ def main(argv=None) -> int:
         overrides = _overrides(args)
         max_steps = args.max_steps if args.max_steps is not None else (5 if args.smoke else None)
         eot = args.eot_samples if args.eot_samples is not None else (2 if args.smoke else None)
+        draws = args.eval_draws or (2 if args.smoke else table3.EVAL_DRAWS)
+        if draws < 1 or (eot is not None and eot < 1):
+            raise ValueError("--eval_draws and --eot_samples must be >= 1")
         names = None if args.attacks is None else [a.strip() for a in args.attacks.split(",")
                                                     if a.strip()]
         attacks = table3.attacks_for(args.dataset, max_steps, eot, names)
-        workdirs = table3.train_columns(args.root, args.dataset, args.smoke, overrides,
-                                        existing, only=only)
+        plan = table3.plan_columns(args.root, args.dataset, args.smoke, overrides, existing,
+                                   only, _user_overrides(args.overrides), args.examples)
+        workdirs = table3.train_columns(plan)
         from jaxdefense.checkpoint import load_config
         std = load_config(workdirs["standard"])[1]
         ds = data.load(args.dataset, std["eval_split"], std["data_dir"]).take(args.examples)
@@ -109,11 +129,15 @@ def main(argv=None) -> int:
         return 2
     columns = table3.evaluate(workdirs, args.dataset, ds.x, ds.y, attacks,
                               jax.random.key(args.seed), args.batch_size, only=only,
-                              cache_dir=os.path.join(args.root, "columns"))
+                              cache_dir=os.path.join(args.root, "columns"), eval_draws=draws,
+                              checks=bool(args.checks))
+    values = table3.paper_values(args.dataset)
     result = dict(dataset=args.dataset, examples=len(ds), split=std["eval_split"],
                   preset=table3.preset_for(args.dataset), attacks=attacks,
-                  eot_samples=eot or 20, max_steps=max_steps,
-                  columns=columns, paper_values=table3.paper_values(args.dataset))
+                  eot_samples=next(iter(attacks.values()))["eot_samples"], eval_draws=draws,
+                  max_steps=max_steps, columns=columns, paper_values=values,
+                  difference=table3.differences(columns, values["values"],
+                                                len(attacks) == len(table3.ATTACK_ORDER)))
     text = table3.markdown(result)
     print("\n" + text)
     os.makedirs(args.root, exist_ok=True)

@@ -115,6 +115,12 @@ SMOKE = dict(lenet_width=0.5, width=0.125, wrn_depth=10, wrn_widen=1, epochs=2, 
              attack_max_steps=10)
 
 
+def with_cifar100(presets: dict) -> dict:
+    """`presets` plus a 'cifar100' entry: the 'cifar10' one on CIFAR-100 (for defenses whose
+    papers have no CIFAR-100 setting: the same networks and schedule, 100 classes)."""
+    return {**presets, "cifar100": {**presets["cifar10"], "dataset": "cifar100"}}
+
+
 def build_preset(config_cls, presets: dict, smoke_fields: dict, what: str, dataset: str,
                  smoke: bool, overrides: dict):
     """config_cls from presets[dataset], then smoke_fields (if smoke), then overrides."""

@@ -31,3 +31,26 @@ def append_line(path: str, line: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
         f.write(line.rstrip("\n") + "\n")
+
+
+# What a measurement depends on besides its inputs: the code that attacks and serves.
+MEASURING_CODE = ("attacks", "defenses", "models", "robustness.py", "defended.py",
+                  "evaluation.py", "table3.py")
+
+
+def code_digest(parts=MEASURING_CODE) -> str:
+    """sha256 of the package version and the source of `parts` (modules and sub-packages of
+    jaxdefense): a cache stamped with it is not reused after the code changed."""
+    import hashlib
+    import jaxdefense
+    root = os.path.dirname(os.path.abspath(jaxdefense.__file__))
+    h = hashlib.sha256(jaxdefense.__version__.encode())
+    for part in parts:
+        path = os.path.join(root, part)
+        paths = [path] if os.path.isfile(path) else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".py"))
+        for p in paths:
+            h.update(os.path.relpath(p, root).encode())
+            with open(p, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()

@@ -54,27 +54,47 @@ def fixed_key(f):
     return lambda x: f(x, key)
 
 
+EOT_SAMPLES = 20       # EOT draws per gradient on a randomized model, unless an attack sets it
+# attacks whose gradient steps take `stochastic=True, eot_samples=N` (EOT on a random model)
+EOT_ATTACKS = ("pgd", "apgd", "apgd_targeted", "fgsm", "vmifgsm")
+
+
 def craft_fn(name: str, params: dict, stochastic: bool):
     """`(logits_fn, x, y, key) -> x_adv` for a preset entry; stochastic: logits_fn(x, key).
 
-    On a randomized model PGD / APGD use EOT (20 draws unless set) and AutoAttack its 'rand'
-    version; attacks without EOT see one fixed draw. On a deterministic model EOT-PGD needs
-    one draw only.
+    On a randomized model every gradient attack (PGD, APGD, FGSM, VMI-FGSM, EOT-PGD) averages
+    `eot_samples` draws per gradient (EOT_SAMPLES = 20 unless the entry sets it) and
+    AutoAttack runs its 'rand' version; attacks without gradients to average (Square, FAB)
+    see one fixed draw. On a deterministic model one draw is exact: `eot_samples` is dropped
+    (EOT-PGD runs with one).
     """
-    fn = attack_lib.ATTACKS[ALIASES.get(name, name)]
+    base = ALIASES.get(name, name)
+    fn = attack_lib.ATTACKS[base]
     params = dict(params)
-    if name == "eotpgd" and not stochastic:
-        params["eot_samples"] = 1
-        return lambda f, x, y, k: fn(_ignore_key(f), x, y, k, **params)
-    if not stochastic and name in ("pgd", "apgd", "apgd_targeted"):
+    if not stochastic:
         params.pop("eot_samples", None)     # one draw is exact on a deterministic model
-    if stochastic and name == "autoattack":
+        if base == "eotpgd":
+            params["eot_samples"] = 1
+            return lambda f, x, y, k: fn(_ignore_key(f), x, y, k, **params)
+        return lambda f, x, y, k: fn(f, x, y, k, **params)
+    params.setdefault("eot_samples", EOT_SAMPLES)
+    if base == "autoattack":
         params.setdefault("version", "rand")
-    elif stochastic and name in ("pgd", "apgd", "apgd_targeted"):
-        params.update(stochastic=True, eot_samples=params.get("eot_samples", 20))
-    elif stochastic and name != "eotpgd":
+    elif base in EOT_ATTACKS:
+        params["stochastic"] = True
+    elif base != "eotpgd":
+        params.pop("eot_samples")
         return lambda f, x, y, k: fn(fixed_key(f), x, y, k, **params)
     return lambda f, x, y, k: fn(f, x, y, k, **params)
+
+
+SCORE_STREAM = 0x7FFFFFFF   # fold_in constant of the scoring draws' own key stream
+
+
+def score_key(key, batch: int):
+    """The key of batch `batch`'s evaluation draws: from its own stream of `key`, never a key
+    an attack on that batch (given `fold_in(key, batch)`) derives by split or fold_in."""
+    return jax.random.fold_in(jax.random.fold_in(key, SCORE_STREAM), batch)
 
 
 def make_predict(served, stochastic: bool, eval_draws: int = 1):
@@ -123,7 +143,7 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
         xb, yb = shard_batch((xb, yb))
         k = jax.random.fold_in(key, i)
         x_adv = craft(attacked, xb, yb, k)
-        correct.append(to_host(predict(x_adv, yb, jax.random.fold_in(k, 1)))[mask])
+        correct.append(to_host(predict(x_adv, yb, score_key(key, i)))[mask])
         dist = float(np.max(to_host(size(x_adv - xb))[mask]))
         max_dist = max(max_dist, dist)
         if done:
@@ -146,7 +166,8 @@ def _attacked(models: Models, threat: str):
 
 
 def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
-           batch_size: int = 256, progress: bool = True, cache: str | None = None) -> dict:
+           batch_size: int = 256, progress: bool = True, cache: str | None = None,
+           per_example: bool = False) -> dict:
     """{'clean': acc, threat: {attack: acc, ..., 'worst_case': acc}, 'max_linf': {...}}.
 
     'max_linf' ('max_l2' for attacks with norm='L2') holds the largest distance of each
@@ -161,6 +182,7 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
                              lambda f, xb, yb, k: xb, x, y, key, batch_size,
                              cache=sub("clean"), predict=predict)
     out = {"examples": int(len(x)), "clean": float(clean.mean()), "max_linf": {}}
+    kept = {"clean": clean}
     for t_i, threat in enumerate(threats):
         attacked = _attacked(models, threat)
         stoch = models.stochastic and threat == "whitebox"
@@ -174,9 +196,12 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
                                      desc=f"{threat} {name}" if progress else None,
                                      cache=sub(f"{threat}-{name}"), predict=predict, norm=norm)
             worst &= ok
+            kept[f"{threat}/{name}"] = ok
             out[threat][name] = float(ok.mean())
             out.setdefault(f"max_{norm.lower()}", {})[f"{threat}/{name}"] = dist
         out[threat]["worst_case"] = float(worst.mean())
+    if per_example:
+        out["per_example"] = kept
     return out
 
 

@@ -98,14 +98,40 @@ def test_sanity_checks_flag_a_masked_model():
     assert checks["gradients are non-zero"] is False
 
 
+def gradient_noise(x, key):
+    """served(x) forward; its input gradient plus a zero-mean random term three times its
+    size, so only an attack that averages draws (EOT) follows the true gradient."""
+    g = 3.0 * x.reshape(x.shape[0], -1) @ jax.random.normal(key, W.shape)
+    return served(x) + g - jax.lax.stop_gradient(g)
+
+
 def test_randomized_model_gets_eot():
-    x, y = _data(16)
-    noisy = lambda xa, key: served(xa + 0.01 * jax.random.normal(key, xa.shape))
-    models = robustness.Models(served=noisy, stochastic=True)
-    res = robustness.report(models, x, y, jax.random.key(0),
-                            {"pgd": dict(eps=0.2, steps=5, eot_samples=2),
-                             "fgsm": dict(eps=0.2)}, progress=False)
-    assert res["whitebox"]["pgd"] < 1.0
+    x = np.asarray(jax.random.uniform(jax.random.key(1), (64, 4, 4, 1)))
+    y = np.asarray(jnp.argmax(served(x), 1))
+    models = robustness.Models(served=gradient_noise, stochastic=True)
+    attacks = {"pgd": dict(eps=0.1, step_size=0.025, steps=10), "fgsm": dict(eps=0.1),
+               "eotpgd": dict(eps=0.1, step_size=0.025, steps=10)}
+    res = robustness.report(models, x, y, jax.random.key(0), attacks, progress=False)
+    one = robustness.report(models, x, y, jax.random.key(0),
+                            {k: dict(v, eot_samples=1) for k, v in attacks.items()},
+                            progress=False)
+    for name in attacks:      # EOT by default (20 draws) on every gradient attack
+        assert res["whitebox"][name] <= one["whitebox"][name] - 0.15, (name, res, one)
+
+
+def test_scoring_draws_never_repeat_an_attack_draw():
+    key = jax.random.key(3)
+    data = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel().tolist())
+    for batch in range(3):
+        attack_key = jax.random.fold_in(key, batch)        # what the attack on the batch gets
+        reach, frontier = {data(attack_key)}, [attack_key]
+        for _ in range(3):                                 # every key 3 derivations down
+            frontier = [d for k in frontier for d in
+                        [jax.random.fold_in(k, j) for j in range(4)] +
+                        list(jax.random.split(k, 4)) + list(jax.random.split(k, 2))]
+            reach |= {data(k) for k in frontier}
+        draws = jax.random.split(robustness.score_key(key, batch), 8)
+        assert not {data(k) for k in draws} & reach
 
 
 def test_presets_and_errors():

@@ -1,4 +1,5 @@
 """GRFD's Table 3 command: protocols per column, the table's layout, the full smoke run."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdefense import table3
+from jaxdefense import files, robustness, table3
 from jaxdefense.defended import DefendedClassifier
 from tests.conftest import REPO, run_env
 
@@ -51,31 +52,231 @@ def test_markdown_layout_and_paper_values(tmp_path):
                         "status": "measured", "paper": row,
                         "adaptive": {**row, "pgd": 0.0} if c.name == "diffpure" else row}
                for c in table3.COLUMNS}
+    columns["fs"]["checks"] = [dict(check="white-box <= papers' protocol (PGD)", passed=False,
+                                    detail="95.4 vs 95.0"),
+                               dict(check="unbounded", passed=True, detail="")]
     result = {"dataset": "mnist", "examples": 500, "preset": "grfd-mnist", "columns": columns,
+              "eval_draws": 3, "eot_samples": 7,
               "paper_values": {"source": "S", "note": "",
                                "values": {"grfd": {"pgd": 0.912, "avg": 0.9}}}}
     text = table3.markdown(result)
     lines = text.splitlines()
+    assert "every one of 3 draws" in text and "7 EOT draws" in text
     header = next(l for l in lines if l.startswith("| |"))
     assert header.split("|")[2:-1] == [f" {c.label} " for c in table3.COLUMNS]
     pgd_rows = [l for l in lines if l.startswith("| PGD |")]
     assert len(pgd_rows) == 2                                    # both protocols
-    assert pgd_rows[0].endswith("| 25.0 (91.2) |") and pgd_rows[1].endswith("| 25.0 |")
+    # measured, then the published value and the difference, under both protocols
+    assert pgd_rows[0].endswith("| 25.0 (91.2, -66.2) |")
+    assert pgd_rows[1].endswith("| 25.0 (91.2, -66.2) |")
     assert pgd_rows[0].count("| 25.0 ") == len(table3.COLUMNS)   # one cell per column
     assert pgd_rows[1].split("|")[-3] == " 0.0 "                   # DiffPure, adaptive
-    assert next(l for l in lines if l.startswith("| Avg (5 attacks) |")).endswith("| 30.0 (90.0) |")
+    assert next(l for l in lines if l.startswith("| Avg (5 attacks) |")).endswith(
+        "| 30.0 (90.0, -60.0) |")
+    assert "Sanity checks: 1 of 2 passed; failed:" in text
+    assert "- F.S.: white-box <= papers' protocol (PGD): 95.4 vs 95.0" in text
     # a subset's average is not the paper's five-attack average: no paper value beside it
     sub = table3.markdown({**result, "attacks": {"fgsm": {}, "pgd": {}}})
     assert next(l for l in sub.splitlines() if l.startswith("| Avg (2 attacks) |")).endswith("| 30.0 |")
-    assert table3.figure(str(tmp_path / "t.png"), result) and (tmp_path / "t.png").stat().st_size > 1000
-    ref = table3.paper_values("cifar10")
-    assert ref["source"] and isinstance(ref["values"], dict)
+    diff = table3.differences(columns, result["paper_values"]["values"])
+    assert diff["grfd"]["paper"] == pytest.approx({"pgd": 0.25 - 0.912, "avg": 0.3 - 0.9})
+    assert diff["none"] == {"paper": {}, "adaptive": {}}
+    assert "avg" not in table3.differences(columns, result["paper_values"]["values"],
+                                           shown_avg=False)["grfd"]["paper"]
+
+
+def test_figure_puts_published_bars_beside_measured(tmp_path, monkeypatch):
+    from jaxdefense import plots
+    seen = {}
+    monkeypatch.setattr(plots, "grouped_bars",
+                        lambda path, groups, series, *a: seen.update(series) or path)
+    row = {"avg": 0.5, "worst_case": 0.25}
+    columns = {c.name: {"label": c.label, "paper": row, "adaptive": row}
+               for c in table3.COLUMNS}
+    result = {"dataset": "mnist", "examples": 8, "columns": columns,
+              "paper_values": table3.paper_values("mnist")}
+    table3.figure(str(tmp_path / "t.png"), result)
+    names = list(seen)
+    assert names.index("published avg") == names.index("papers' protocol, avg (measured)") + 1
+    assert seen["published avg"][-1] == pytest.approx(0.9369)          # GRFD, MNIST
+    monkeypatch.undo()
+    assert table3.figure(str(tmp_path / "t.png"), result) and \
+        (tmp_path / "t.png").stat().st_size > 1000
+
+
+SHARED = REPO.parent / "shared" / "data" / "grfd-paper"
+
+
+def _tsv(name):
+    lines = [l.rstrip("\n").split("\t") for l in (SHARED / name).read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    return lines[0], lines[1:]
+
+
+def test_packaged_published_values_are_the_papers():
+    """Every Table 3 cell of the packaged file equals the transcription beside the checkout,
+    and the attack presets are the paper's Table 1."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data/grfd-paper is not beside this checkout")
+    head, rows = _tsv("table3.tsv")
+    labels = {c.label: c.name for c in table3.COLUMNS}
+    metric = {"Clean Acc": "clean", "FGSM": "fgsm", "PGD": "pgd", "AA": "autoattack",
+              "EOTPGD": "eotpgd", "VMIFGSM": "vmifgsm", "Average": "avg"}
+    assert len(rows) == 3 * 7
+    for r in rows:
+        values = table3.paper_values(r[0].lower())["values"]
+        for label, v in zip(head[2:], r[2:]):
+            assert values[labels[label]][metric[r[1]]] == pytest.approx(float(v) / 100), r
+    c100 = table3.paper_values("cifar100")
+    assert c100["values"]["grfd"]["avg"] == pytest.approx(0.5891)
+    assert "10.32604/cmc.2025.066370" in c100["source"]
+    assert table3.paper_values("digits")["values"]["none"]["clean"] == pytest.approx(0.9918)
+    _, t1 = _tsv("table1.tsv")
+    names = {"FGSM": "fgsm", "PGD": "pgd", "AA": "autoattack", "EOTPGD": "eotpgd",
+             "VMIFGSM": "vmifgsm"}
+    for ds, attack, eps, step, steps in t1:
+        preset = table3.attacks_for("mnist" if ds == "MNIST" else "cifar10", None, None)
+        p = preset[names[attack]]
+        assert p["eps"] == pytest.approx(int(eps.split("/")[0]) / 255)
+        if step != "-":
+            assert p["step_size"] == pytest.approx(int(step.split("/")[0]) / 255)
+            assert p["steps"] == int(steps)
+    _, t2 = _tsv("table2.tsv")
+    grid = table3.published()["table2"]["rows"]
+    assert [r["avg"] for r in grid] == [float(r[-1]) for r in t2]
+
+
+def test_every_column_builds_for_every_dataset(tmp_path):
+    """Each column's preset and config for every dataset the project names, quick and smoke,
+    and every registered defense's preset, before anything trains."""
+    import importlib
+    for dataset in table3.DATASETS:
+        for smoke in (False, True):
+            plan = table3.plan_columns(str(tmp_path / dataset), dataset, smoke, {}, {})
+            assert set(plan) == {c.trains for c in table3.COLUMNS}
+            for p in plan.values():
+                assert p.cfg.dataset == dataset and p.workdir.startswith(str(tmp_path))
+            assert plan["apegan"].cfg.target_workdir == plan["standard"].workdir
+        for module in ("standard", "cdvae", "smoothing", "gradreg", "apegan", "diffpure",
+                       "arn", "idfr", "grfd.config", "fsr.config"):
+            mod = importlib.import_module(f"jaxdefense.defenses.{module}")
+            assert mod.preset(dataset).dataset == dataset
+
+
+def _saved(workdir, defense, finished=True, **fields):
+    from jaxdefense import checkpoint
+    from jaxdefense.defenses import standard
+    base = dataclasses.asdict(standard.preset("digits", True, workdir=str(workdir)))
+    checkpoint.save_config(str(workdir), defense, {**base, **fields})
+    if finished:
+        (workdir / "results.json").write_text("{}")
+
+
+def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
+    root = tmp_path / "t"
+    _saved(root / "standard", "standard", epochs=1)
+    plan = lambda **kw: table3.plan_columns(str(root), "digits", True, kw.pop("over", {}),
+                                            kw.pop("existing", {}), **kw)
+    assert plan(over={"epochs": 1}, only={"none"})["standard"].cfg.epochs == 1
+    with pytest.raises(ValueError, match=r"other settings \{'epochs': '1 -> 3'\}"):
+        plan(over={"epochs": 3}, only={"none"})                    # finished, then --epochs
+    with pytest.raises(ValueError, match=r"--set names fields no column has: \['z_dimm'\]"):
+        plan(over={"epochs": 1, "z_dimm": 8}, user_keys=("z_dimm",))
+    with pytest.raises(ValueError, match="unknown defenses"):
+        plan(over={"epochs": 1}, existing={"jpeg": "x"})
+    other = tmp_path / "apegan-elsewhere"
+    _saved(other, "apegan", target_workdir=str(tmp_path / "another-standard"))
+    with pytest.raises(ValueError, match="not the None column's model"):
+        plan(over={"epochs": 1}, existing={"apegan": str(other)}, only={"apegan"})
+    _saved(other, "apegan", target_workdir=str(root / "standard"))
+    assert plan(over={"epochs": 1}, existing={"apegan": str(other)},
+                only={"apegan"})["apegan"].cfg is None
+
+
+def test_training_rows_never_include_the_attacked_examples():
+    mnist = str(REPO.parent / "shared" / "data" / "mnist")
+    table3.check_disjoint("mnist", mnist, "test[:8000]", None, "test[8000:]", 1000, "none")
+    table3.check_disjoint("digits", None, "train", None, "test", 1000, "none")
+    with pytest.raises(ValueError, match="holds 100 of the 500 attacked examples"):
+        table3.check_disjoint("mnist", mnist, "test[:8000]", None, "test[7900:]", 500, "grfd")
+    # a limit keeps the training rows clear of them
+    table3.check_disjoint("mnist", mnist, "test", 7900, "test[7900:]", 500, "grfd")
+
+
+def test_adaptive_row_is_the_per_example_worst_over_both_protocols():
+    t = lambda *v: np.array(v, bool)
+    paper = {"clean": 1.0, "per_example": {"clean": t(1, 1, 1, 1), "transfer/pgd": t(1, 0, 1, 1),
+                                           "transfer/fgsm": t(1, 1, 1, 1)}}
+    adaptive = {"clean": 1.0, "per_example": {"clean": t(1, 1, 1, 1),
+                                              "whitebox/pgd": t(1, 1, 0, 1),
+                                              "whitebox/fgsm": t(0, 1, 1, 1)}}
+    row = table3.combine(paper, adaptive)
+    assert row["pgd"] == 0.5 and row["fgsm"] == 0.75      # the transferred PGD counts too
+    assert row["worst_case"] == 0.25 and row["avg"] == pytest.approx(0.625)
+    assert row["clean"] == 1.0
+
+
+def test_column_checks_flag_what_is_wrong():
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(4, 10)), jnp.float32)
+    linear = lambda x: x.reshape(len(x), -1) @ w
+    masked = lambda x: linear(jnp.round(x * 4) / 4)        # flat gradients: masked
+    x = np.asarray(np.random.default_rng(1).uniform(size=(16, 2, 2, 1)), np.float32)
+    y = np.asarray(jnp.argmax(linear(x), 1))
+    pgd = dict(eps=0.1, step_size=0.025, steps=5, eot_samples=2)
+    checks = lambda f, wb, pp: {c["check"]: c["passed"] for c in table3.column_checks(
+        robustness.Models(served=f), x, y, jax.random.key(0), pgd, wb, pp, 10)}
+    ok = checks(linear, {"pgd": 0.2}, {"pgd": 0.3})
+    assert all(ok.values()) and len(ok) == 3, ok
+    bad = checks(masked, {"pgd": 0.9}, {"pgd": 0.5})
+    assert not bad["white-box <= papers' protocol (PGD)"]
+    assert not bad["unbounded PGD (eps 0.5, 5 steps) reaches chance"]
+
+
+def test_recorded_attack_settings_are_the_ones_used(monkeypatch):
+    """What table3.json records for a randomized column is what each attack receives: EOT
+    draws on every gradient attack (EOT-PGD included), one fixed draw for none of them."""
+    from jaxdefense import attacks as attack_lib
+    calls = {}
+    for name in ("fgsm", "pgd", "autoattack", "eotpgd", "vmifgsm"):
+        monkeypatch.setitem(attack_lib.ATTACKS, name,
+                            lambda f, x, y, k, name=name, **kw: calls.update({name: kw}) or x)
+    x, y, k = jnp.zeros((2, 2, 2, 1)), jnp.zeros(2, int), jax.random.key(0)
+    f = lambda a, key: jnp.zeros((len(a), 2))
+    for eot in (None, 3):
+        attacks = table3.attacks_for("mnist", 5, eot)
+        used = eot or robustness.EOT_SAMPLES
+        for name, params in attacks.items():
+            assert params["eot_samples"] == used
+            robustness.craft_fn(name, params, stochastic=True)(f, x, y, k)
+            assert calls[name]["eot_samples"] == used, (name, calls[name])
+        for name in ("fgsm", "pgd", "vmifgsm"):
+            assert calls[name]["stochastic"] is True
+        assert calls["autoattack"]["version"] == "rand"
+        for name, params in attacks.items():     # deterministic: one exact draw
+            robustness.craft_fn(name, params, stochastic=False)(lambda a: f(a, k), x, y, k)
+            assert calls[name].get("eot_samples", 1) == 1 and "stochastic" not in calls[name]
+
+
+def test_every_randomized_column_is_scored_on_the_same_draws():
+    w = jnp.array([[1.0, -1.0]] * 4)
+    none = _model(lambda x: x.reshape(len(x), -1) @ w, "standard")
+    noisy = lambda x, k: x.reshape(len(x), -1) @ w + jax.random.normal(k, (2,))
+    smooth = _model(noisy, "smoothing", stochastic=True)
+    diff = dataclasses.replace(_model(noisy, "diffpure", stochastic=True),
+                               config={"eval_draws": 4})
+    models = {"standard": none, "smoothing": smooth, "diffpure": diff}
+    cols = {c.name: c for c in table3.COLUMNS}
+    for name in ("smoothing", "diffpure"):
+        paper, adaptive, _ = table3.column_models(cols[name], models, "mnist", eval_draws=3)
+        assert paper.eval_draws == adaptive.eval_draws == 3 and adaptive.stochastic
+    paper, adaptive, _ = table3.column_models(cols["fs"], models, "mnist", eval_draws=3)
+    assert adaptive.eval_draws == 1
 
 
 def test_attacks_follow_the_dataset_preset():
     a = table3.attacks_for("mnist", None, None)
     assert list(a) == list(table3.ATTACK_ORDER)
-    assert a["pgd"] == {"eps": 18 / 255, "step_size": 8 / 255, "steps": 100}
+    assert a["pgd"] == {"eps": 18 / 255, "step_size": 8 / 255, "steps": 100, "eot_samples": 20}
     a = table3.attacks_for("cifar10", 5, 4)
     assert a["pgd"]["steps"] == 5 and a["pgd"]["eot_samples"] == 4
     assert list(table3.attacks_for("mnist", None, None, ["vmifgsm", "fgsm"])) == ["fgsm", "vmifgsm"]
@@ -91,7 +292,8 @@ def test_bad_column_or_attack_is_a_clear_error(capsys, tmp_path):
     assert not (tmp_path / "never").exists()                     # nothing trained or written
 
 
-def test_a_column_is_measured_again_only_when_what_it_depends_on_changed(tmp_path):
+def test_a_column_is_measured_again_only_when_what_it_depends_on_changed(tmp_path,
+                                                                         monkeypatch):
     runs = {}
     for d in ("standard", "cdvae"):
         (tmp_path / d).mkdir()
@@ -100,16 +302,22 @@ def test_a_column_is_measured_again_only_when_what_it_depends_on_changed(tmp_pat
     col = {c.name: c for c in table3.COLUMNS}
     x, y, key = np.zeros((4, 2, 2, 1), np.float32), np.arange(4), jax.random.key(0)
     attacks = table3.attacks_for("mnist", 5, 2, ["fgsm", "pgd"])
-    stamp = lambda c="cdvae", x=x, attacks=attacks, key=key, batch=256: table3._fingerprint(
-        col[c], runs, x, y, attacks, key, batch)
+    stamp = lambda c="cdvae", x=x, attacks=attacks, key=key, batch=256, draws=4: \
+        table3._fingerprint(col[c], runs, x, y, attacks, key, batch, draws)
     base = stamp()
     assert stamp() == base
     changed = [stamp(c="fs"), stamp(x=x + 0.5),
                stamp(attacks=table3.attacks_for("mnist", 6, 2, ["fgsm", "pgd"])),
-               stamp(key=jax.random.key(1)), stamp(batch=128)]
+               stamp(attacks=table3.attacks_for("mnist", 5, 3, ["fgsm", "pgd"])),
+               stamp(key=jax.random.key(1)), stamp(batch=128), stamp(draws=2)]
     assert len({base, *changed}) == 1 + len(changed)
     (tmp_path / "cdvae" / "results.json").write_text('{"clean_acc": 0.8}')   # retrained
     assert stamp() != base
+    retrained = stamp()
+    monkeypatch.setattr(files, "code_digest", lambda *a: "other code")       # code changed
+    assert stamp() != retrained
+    monkeypatch.undo()
+    assert len(files.code_digest()) == 64 and files.code_digest() == files.code_digest()
 
 
 def _run_table3(args, timeout):

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from jaxdefense import plots, summaries
-from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset
+from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset, with_cifar100
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
 from jaxdefense.defenses.purification import PurificationConfig
@@ -93,7 +93,7 @@ class DiffPureConfig(PurificationConfig):
         return self
 
 
-PRESETS = {
+PRESETS = with_cifar100({
     # No MNIST DiffPure in the paper: a score model 2 CPU cores train in about 25 minutes
     # (base 16: 2.2 s per step of 128 on 8000 images), t* 0.1 as on CIFAR-10, 10 reverse
     # steps (dt 1e-2) so exact-gradient attacks stay affordable; GRFD's MNIST PGD budget.
@@ -110,7 +110,7 @@ PRESETS = {
     "cifar10": dict(dataset="cifar10", classifier="wide_resnet", augment=True,
                     attack_eps=8 / 255, attack_step_size=2 / 255, attack_steps=10,
                     purifier_epochs=2000),
-}
+})
 SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=3, purifier_epochs=2, purifier_batch_size=64,
              score_base=8, channel_mult="1,2", num_res_blocks=1, attn_resolutions="",
              dropout=0.0, warmup_steps=10, ema_decay=0.9, reverse_steps=4, sample_steps=8,

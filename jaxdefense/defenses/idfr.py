@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset
+from jaxdefense.config import SMOKE as CLASSIFIER_SMOKE, build_preset, with_cifar100
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
 from jaxdefense.defenses.purification import PurificationConfig
@@ -49,7 +49,7 @@ class IDFRConfig(PurificationConfig):
         return self
 
 
-PRESETS = {
+PRESETS = with_cifar100({
     "mnist": dict(dataset="mnist", epochs=20),
     "digits": dict(dataset="digits", epochs=30, batch_size=64, eval_every=5, attack_eps=0.2,
                    attack_step_size=0.02, attack_steps=20, purifier_epochs=20, fr_epochs=10,
@@ -57,7 +57,7 @@ PRESETS = {
     "cifar10": dict(dataset="cifar10", classifier="wide_resnet", augment=True,
                     attack_eps=8 / 255, attack_step_size=2 / 255, attack_steps=10,
                     noise_std=8 / 255),
-}
+})
 SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=5, purifier_epochs=2, fr_epochs=2,
              purifier_batch_size=64, unet_base=4)
 

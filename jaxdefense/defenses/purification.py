@@ -170,15 +170,16 @@ def distance_to_clean(purify, x, x_adv) -> dict:
 
 
 def report_cache(cfg, attacks: dict) -> str:
-    """WORKDIR/report_cache/<digest of the run's settings and the attacks>: where the closing
-    report keeps finished attack batches, so a report that was stopped (the white-box attack
-    through a diffusion purifier runs for an hour on a CPU) resumes where it was."""
+    """WORKDIR/report_cache/<digest of the run's settings, the attacks and the measuring code
+    (`files.code_digest`)>: where the closing report keeps finished attack batches, so a
+    report that was stopped (the white-box attack through a diffusion purifier runs for an
+    hour on a CPU) resumes where it was, and one made by other code is never reused."""
     import hashlib
     import json
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("stop_after_epochs", "workdir")}
-    digest = hashlib.sha256(json.dumps([settings, attacks], sort_keys=True, default=str)
-                            .encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([settings, attacks, files.code_digest()],
+                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
     return os.path.join(cfg.workdir, "report_cache", digest)
 
 
