@@ -130,7 +130,9 @@ def main(argv=None) -> int:
     columns = table3.evaluate(workdirs, args.dataset, ds.x, ds.y, attacks,
                               jax.random.key(args.seed), args.batch_size, only=only,
                               cache_dir=os.path.join(args.root, "columns"), eval_draws=draws,
-                              checks=bool(args.checks))
+                              checks=bool(args.checks),
+                              check_pgd=table3.attacks_for(args.dataset, max_steps, eot,
+                                                           ["pgd"])["pgd"])
     values = table3.paper_values(args.dataset)
     result = dict(dataset=args.dataset, examples=len(ds), split=std["eval_split"],
                   preset=table3.preset_for(args.dataset), attacks=attacks,

@@ -278,9 +278,9 @@ def _with_avg(result: dict) -> dict:
 
 
 def _fingerprint(column: Column, workdirs: dict, x, y, attacks: dict, key,
-                 batch_size: int, eval_draws: int = EVAL_DRAWS, checks: bool = True) -> str:
+                 batch_size: int, eval_draws: int = EVAL_DRAWS, checks=True) -> str:
     """What a column's measurement depends on: the examples, the attacks, the key, the batch,
-    the evaluation draws, the checks, the finished runs it loads (their results.json,
+    the evaluation draws, the checks (False, or their PGD settings), the finished runs it loads (their results.json,
     rewritten by any retraining) and the measuring code (`files.code_digest`: the package
     version and the attack, defense and model source)."""
     h = hashlib.sha256()
@@ -365,10 +365,12 @@ CHECKS_STREAM = 10_000      # fold_in constant of the checks' keys (the reports 
 
 def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size: int = 256,
              progress: bool = True, only=None, cache_dir: Optional[str] = None,
-             eval_draws: int = EVAL_DRAWS, checks: bool = True) -> dict:
+             eval_draws: int = EVAL_DRAWS, checks: bool = True,
+             check_pgd: Optional[dict] = None) -> dict:
     """Per column: status, paper-protocol and adaptive rows {clean, attacks..., avg,
     worst_case} (`combine`), the white-box runs alone ('whitebox_only'), the sanity checks
-    (`column_checks`, with `checks`) and the per-example results ('per_example', '0'/'1' per
+    (`column_checks` with the PGD settings `check_pgd`, default the table's PGD, with
+    `checks`) and the per-example results ('per_example', '0'/'1' per
     example). The adaptive run is skipped where it is the paper's (same attack).
     With `cache_dir`, each finished column is written to cache_dir/<column>.json and taken
     from there by a later call with the same examples, attacks, key, draws, runs and code,
@@ -376,9 +378,8 @@ def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size:
     import jaxdefense
     models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
     num_classes = models["standard"].num_classes
-    pgd = get_preset(preset_for(dataset))["pgd"]
-    pgd = dict(pgd, steps=min(pgd["steps"], attacks.get("pgd", pgd)["steps"]),
-               eot_samples=next(iter(attacks.values()))["eot_samples"])
+    pgd = check_pgd or attacks.get("pgd") or attacks_for(
+        dataset, None, next(iter(attacks.values())).get("eot_samples"), ["pgd"])["pgd"]
     out = {}
     for i, column in enumerate(COLUMNS):
         if only is not None and column.name not in only:
@@ -388,7 +389,7 @@ def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size:
         if cache_dir is not None:
             cached = os.path.join(cache_dir, f"{column.name}.json")
             stamp = _fingerprint(column, workdirs, x, y, attacks, k, batch_size, eval_draws,
-                                 checks)
+                                 pgd if checks else False)
             if os.path.isfile(cached):
                 with open(cached) as f:
                     earlier = json.load(f)
@@ -497,7 +498,7 @@ def markdown(table: dict) -> str:
     ran = sum(len(table["columns"][c].get("checks", [])) for c in cols)
     if ran:
         lines += [f"Sanity checks: {ran - len(failed)} of {ran} passed" +
-                  (":" if not failed else "; failed:")]
+                  ("; failed:" if failed else ".")]
         lines += [f"- {label}: {ch['check']}: {ch['detail']}" for label, ch in failed]
         lines.append("")
     lines += ["Paper protocol per column: " + "; ".join(

@@ -344,15 +344,27 @@ def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
     out = json.loads((root / "table3.json").read_text())
     assert out["examples"] == 32 and list(out["attacks"]) == ["fgsm", "pgd"]
     assert out["attacks"]["pgd"]["steps"] == 5 and out["eot_samples"] == 2
+    assert out["eval_draws"] == 2 and out["attacks"]["pgd"]["eot_samples"] == 2
     for c in table3.COLUMNS:
         col = out["columns"][c.name]
         assert col["status"] == "measured"
-        for protocol in ("paper", "adaptive"):
+        for protocol in ("paper", "adaptive", "whitebox_only"):
             r = col[protocol]
             assert set(r) == {"clean", "fgsm", "pgd", "avg", "worst_case"}
             assert r["worst_case"] <= min(r["fgsm"], r["pgd"]) + 1e-9
+        a = col["adaptive"]
+        assert a["worst_case"] <= col["paper"]["worst_case"] + 1e-9     # both protocols
+        assert a["pgd"] <= min(col["paper"]["pgd"], col["whitebox_only"]["pgd"]) + 1e-9
+        assert {ch["check"].split(" (")[0] for ch in col["checks"]} >= {
+            "PGD accuracy does not rise with eps", "unbounded PGD"}
+        assert col["eval_draws"] == (2 if c.name in ("smoothing", "diffpure") else 1)
+        assert set(col["per_example"]["paper"]) >= {"clean"} and all(
+            len(v) == 32 for v in col["per_example"]["adaptive"].values())
+        assert out["difference"][c.name]["paper"]["pgd"] == pytest.approx(
+            col["paper"]["pgd"] - out["paper_values"]["values"][c.name]["pgd"])
     md = (root / "table3.md").read_text()
     assert md.count("| Worst case |") == 2 and md.count("| Avg (2 attacks) |") == 2
+    assert "Sanity checks:" in md and "every one of 2 draws" in md
     assert md.count("| AA | " + " | ".join(["-"] * len(table3.COLUMNS)) + " |") == 2
     assert (root / "table3.png").stat().st_size > 1000
     # a second call takes the finished workdirs and the measured column: it trains and
@@ -363,3 +375,25 @@ def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
     assert "== training" not in out and "== attacking" not in out
     assert f"== None: measured earlier ({root / 'columns' / 'none.json'})" in out
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+@pytest.mark.slow
+def test_table3_smoke_on_cifar100_fake_data_has_every_column(tmp_path):
+    """Every column trains and is attacked on CIFAR-100 (fake prepared data, WRN-10-1):
+    the presets of every column exist for the user's main dataset. One attack, no checks
+    (the digits run above covers them): about ten minutes on two cores."""
+    from jaxdefense.data import prepare
+    data_dir = tmp_path / "data"
+    assert prepare.main(["--dataset=cifar100", "--fake_examples=96",
+                         f"--data_dir={data_dir}"]) == 0
+    root = tmp_path / "t3"
+    _run_table3(["--dataset=cifar100", "--smoke", f"--root={root}", f"--data_dir={data_dir}",
+                 "--examples=16", "--epochs=1", "--attacks=fgsm", "--checks=0",
+                 "--set=limit_train=64,limit_eval=32,batch_size=32"], timeout=1800)
+    out = json.loads((root / "table3.json").read_text())
+    assert out["dataset"] == "cifar100" and out["examples"] == 16
+    for c in table3.COLUMNS:
+        col = out["columns"][c.name]
+        assert col["status"] == "measured" and "checks" not in col
+        assert set(col["adaptive"]) == {"clean", "fgsm", "avg", "worst_case"}
+        assert out["paper_values"]["values"][c.name]["fgsm"] > 0      # the paper's CIFAR-100
