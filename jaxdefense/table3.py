@@ -159,7 +159,7 @@ def plan_columns(root: str, dataset: str, smoke: bool, overrides: dict, existing
     (fields a defense lacks are skipped) and must validate; a workdir that already holds a
     run must hold this one (else ValueError: a changed --set or --epochs is never ignored);
     an --existing purifier must sit in front of the 'none' column's model; `user_keys` (the
-    --set keys) must each be a field of some column; no run may train on the attacked
+    --set keys) must each be a field of some column of the table (chosen or not); no run may train on the attacked
     examples (the first `examples` of the 'none' run's eval split)."""
     from jaxdefense import checkpoint, config
     unknown = set(existing) - set(trainers())
@@ -191,6 +191,9 @@ def plan_columns(root: str, dataset: str, smoke: bool, overrides: dict, existing
             cfg = dataclasses.replace(cfg, target_workdir=out["standard"].workdir)
         config.check_workdir(cfg, defense)
         out[defense] = Planned(defense, workdir, cfg)
+    for defense, (make_preset, _) in trainers().items():      # the columns not chosen too
+        if defense not in needed and user_keys:
+            seen_fields |= {f.name for f in dataclasses.fields(make_preset(dataset, smoke))}
     bad = set(user_keys) - seen_fields
     if bad:
         raise ValueError(f"--set names fields no column has: {sorted(bad)}")

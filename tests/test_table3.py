@@ -182,6 +182,8 @@ def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
         plan(over={"epochs": 3}, only={"none"})                    # finished, then --epochs
     with pytest.raises(ValueError, match=r"--set names fields no column has: \['z_dimm'\]"):
         plan(over={"epochs": 1, "z_dimm": 8}, user_keys=("z_dimm",))
+    # a field of a column not chosen this time is not a typo
+    assert plan(over={"epochs": 1, "z_dim": 8}, user_keys=("z_dim",), only={"none"})
     with pytest.raises(ValueError, match="unknown defenses"):
         plan(over={"epochs": 1}, existing={"jpeg": "x"})
     other = tmp_path / "apegan-elsewhere"
@@ -365,7 +367,8 @@ def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
     md = (root / "table3.md").read_text()
     assert md.count("| Worst case |") == 2 and md.count("| Avg (2 attacks) |") == 2
     assert "Sanity checks:" in md and "every one of 2 draws" in md
-    assert md.count("| AA | " + " | ".join(["-"] * len(table3.COLUMNS)) + " |") == 2
+    aa = [l.split("|")[2:-1] for l in md.splitlines() if l.startswith("| AA |")]
+    assert len(aa) == 2 and all(c.strip().startswith("- (") for r in aa for c in r)   # not run
     assert (root / "table3.png").stat().st_size > 1000
     # a second call takes the finished workdirs and the measured column: it trains and
     # attacks nothing
