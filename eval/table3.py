@@ -109,6 +109,7 @@ def main(argv=None) -> int:
                                  f"{[c.name for c in table3.COLUMNS]}")
         existing = dict(item.split(":", 1) for item in
                         filter(None, (args.existing or "").split(",")))
+        files.code_digest()       # the code this process runs, before a long training
         overrides = _overrides(args)
         max_steps = args.max_steps if args.max_steps is not None else (5 if args.smoke else None)
         eot = args.eot_samples if args.eot_samples is not None else (2 if args.smoke else None)

@@ -2,6 +2,7 @@
 and each file appears whole (written to a temporary name, then renamed)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -38,9 +39,12 @@ MEASURING_CODE = ("attacks", "defenses", "models", "robustness.py", "defended.py
                   "evaluation.py", "table3.py")
 
 
+@functools.lru_cache(maxsize=None)
 def code_digest(parts=MEASURING_CODE) -> str:
     """sha256 of the package version and the source of `parts` (modules and sub-packages of
-    jaxdefense): a cache stamped with it is not reused after the code changed."""
+    jaxdefense): a cache stamped with it is not reused after the code changed. Read once per
+    process (at first use), so edits made while a long run goes on do not change its
+    stamp; the commands call it before they train."""
     import hashlib
     import jaxdefense
     root = os.path.dirname(os.path.abspath(jaxdefense.__file__))

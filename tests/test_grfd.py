@@ -212,3 +212,17 @@ def test_train_fraction_and_limits():
     assert len(train) == 100 and len(test) == 50
     again, _ = load_data(cfg)
     np.testing.assert_array_equal(train.y, again.y)
+
+
+def test_l_rb_gradient_is_finite_when_an_input_gradient_is_zero():
+    """A confidently classified sample's CE gradient can underflow to exactly 0; the cosine's
+    norm must not turn that into a NaN gradient (it stopped a 150-epoch MNIST run)."""
+    a = jnp.array([[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]])
+    b = jnp.array([[1.0, 0.0, 0.0], [2.0, 4.0, 4.0]])
+    loss = lambda a, b: jnp.sum(grfd.cosine_per_sample(a, b))
+    ga, gb = jax.grad(loss, argnums=(0, 1))(a, b)
+    assert np.all(np.isfinite(ga)) and np.all(np.isfinite(gb))
+    np.testing.assert_allclose(grfd.cosine_per_sample(a, b), [0.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(gb[0], 0.0)
+    gg = jax.grad(lambda a: loss(a, a))(jnp.zeros((2, 3)))      # both rows zero
+    assert np.all(np.isfinite(gg))

@@ -192,8 +192,8 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
     ('whitebox'); the L2 distance to clean images before and after purification; a figure
     of x, target-PGD x_adv and both purified (purified.png).
 
-    stochastic: purify(x, key) and served(x, key) are random; white-box PGD then averages
-    `eot_samples` gradient draws per step, and an example counts as robust only if it is
+    stochastic: purify(x, key) and served(x, key) are random; white-box FGSM and PGD then
+    average `eot_samples` gradient draws per step, and an example counts as robust only if it is
     classified right on every one of `eval_draws` draws (also for clean accuracy).
     Finished attack batches are kept under `report_cache(cfg, attacks)`: a stopped report
     resumes where it was.
@@ -207,10 +207,11 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
     one_draw = robustness.fixed_key(purify) if stochastic else purify
     test = ready["test"]
     sub = test.take(cfg.attack_examples)
-    pgd_params = dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size, steps=cfg.attack_steps)
-    if stochastic and eot_samples:
-        pgd_params["eot_samples"] = eot_samples      # used where the attack sees the noise
-    attacks = {"fgsm": dict(eps=cfg.attack_eps), "pgd": pgd_params}
+    eot = {"eot_samples": eot_samples} if stochastic and eot_samples else {}
+    # the EOT draws are used where the attack sees the noise (white-box)
+    attacks = {"fgsm": dict(eps=cfg.attack_eps, **eot),
+               "pgd": dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size,
+                           steps=cfg.attack_steps, **eot)}
     key = jax.random.key(cfg.seed + 3)
     models = robustness.Models(served=served, classifier=target_fn, stochastic=stochastic,
                                eval_draws=eval_draws)

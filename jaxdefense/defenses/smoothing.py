@@ -49,7 +49,7 @@ class SmoothingConfig(ExperimentConfig):
     certify_batch: int = 16         # images per certification batch
     radii: str = "0,0.25,0.5,0.75,1.0"   # L2 radii (pixel units) of the certified-accuracy table
     served_draws: int = 16          # noise draws inside the served (soft smoothed) logits_fn
-    eot_samples: int = 20           # EOT draws per PGD step of the closing white-box attack
+    eot_samples: int = 20           # EOT draws per gradient of the closing white-box attacks
 
     def radius_list(self) -> tuple[float, ...]:
         try:
@@ -227,7 +227,8 @@ def train_and_evaluate(cfg: SmoothingConfig, progress: bool = True) -> dict:
     preds, radii = certify(base_fn, cert.x, key_cert, cfg, num_classes, progress)
     sub = test.take(cfg.attack_examples)
     attacks = get_preset(preset_for(cfg.dataset), cfg.attack_max_steps, only=("fgsm", "pgd"))
-    attacks["pgd"]["eot_samples"] = cfg.eot_samples
+    for params in attacks.values():     # EOT on every gradient attack
+        params["eot_samples"] = cfg.eot_samples
     result = robustness.report(robustness.Models(served=logits_fn, classifier=base_fn,
                                                  stochastic=True),
                                sub.x, sub.y, key_attack, attacks, ("whitebox",),

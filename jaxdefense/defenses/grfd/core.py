@@ -60,10 +60,13 @@ def init_target_state(cfg: GRFDConfig, key, steps_per_epoch: int) -> TrainState:
 
 
 def cosine_per_sample(a, b, eps: float = 1e-12):
-    """Cosine similarity of a[i] and b[i] over all non-batch axes; [B]."""
+    """Cosine similarity of a[i] and b[i] over all non-batch axes; [B]. A zero row gives 0
+    with a zero gradient (as torch's cosine_similarity): an input gradient that underflows
+    to exactly 0 on a confidently classified sample must not make L_rb's gradient NaN."""
     a = a.reshape(a.shape[0], -1)
     b = b.reshape(b.shape[0], -1)
-    return jnp.sum(a * b, 1) / (jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1) + eps)
+    norm = lambda v: optax.safe_norm(v, 0.0, axis=1)       # d|v|/dv = 0 at v = 0, not NaN
+    return jnp.sum(a * b, 1) / (norm(a) * norm(b) + eps)
 
 
 def gaussian_kl(mu, logvar):
