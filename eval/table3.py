@@ -86,7 +86,8 @@ def _user_overrides(text) -> dict:
     return out
 
 
-def _overrides(args) -> dict:
+def _overrides(args, user: dict) -> dict:
+    """Every defense's training fields from the flags, then `user` (--set, parsed)."""
     out = {k: v for k, v in dict(data_dir=args.data_dir, train_split=args.train_split,
                                  eval_split=args.eval_split, limit_train=args.limit_train,
                                  seed=args.seed).items() if v is not None}
@@ -94,7 +95,7 @@ def _overrides(args) -> dict:
         out.update(epochs=args.epochs, target_epochs=args.epochs)
     # the defenses' own closing reports: few examples (the table attacks them all again)
     out.update(attack_examples=min(args.examples, 100), attack_max_steps=10)
-    return {**out, **_user_overrides(args.overrides)}
+    return {**out, **user}
 
 
 def main(argv=None) -> int:
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
         existing = dict(item.split(":", 1) for item in
                         filter(None, (args.existing or "").split(",")))
         files.code_digest()       # the code this process runs, before a long training
-        overrides = _overrides(args)
+        user = _user_overrides(args.overrides)
+        overrides = _overrides(args, user)
         max_steps = args.max_steps if args.max_steps is not None else (5 if args.smoke else None)
         eot = args.eot_samples if args.eot_samples is not None else (2 if args.smoke else None)
         draws = args.eval_draws or (2 if args.smoke else table3.EVAL_DRAWS)
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
                                                     if a.strip()]
         attacks = table3.attacks_for(args.dataset, max_steps, eot, names)
         plan = table3.plan_columns(args.root, args.dataset, args.smoke, overrides, existing,
-                                   only, _user_overrides(args.overrides), args.examples)
+                                   only, tuple(user), args.examples)
         workdirs = table3.train_columns(plan)
         from jaxdefense.checkpoint import load_config
         std = load_config(workdirs["standard"])[1]

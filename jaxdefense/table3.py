@@ -125,25 +125,32 @@ class Planned:
     cfg: object = None
 
 
-def _split_rows(split: str, size: int, limit=None) -> tuple[str, range]:
-    """(base split, the rows of it a `split` such as 'test[:8000]' names, first `limit`)."""
+def _split_rows(split: str, size: int, limit=None) -> range:
+    """The rows of its base split that a `split` such as 'test[:8000]' names, first `limit`."""
     from jaxdefense.data.sources import parse_split
-    base, lo, hi = parse_split(split)
+    _, lo, hi = parse_split(split)
     rows = range(size)[slice(lo, hi)]
-    return base, rows[:limit] if limit is not None else rows
+    return rows[:limit] if limit is not None else rows
+
+
+@functools.lru_cache(maxsize=8)
+def _split_size(dataset: str, base: str, data_dir) -> int:
+    """Examples in a base split, read once per process however many runs a table checks."""
+    from jaxdefense import data
+    return len(data.load(dataset, base, data_dir))
 
 
 def check_disjoint(dataset: str, data_dir, train_split: str, limit_train, eval_split: str,
                    examples: int, who: str) -> None:
     """Refuse a run whose training rows include attacked examples (same base split and
     overlapping rows; differently named splits are disjoint)."""
-    from jaxdefense import data
     from jaxdefense.data.sources import parse_split
-    if parse_split(train_split)[0] != parse_split(eval_split)[0]:
+    base = parse_split(eval_split)[0]
+    if parse_split(train_split)[0] != base:
         return
-    size = len(data.load(dataset, parse_split(eval_split)[0], data_dir))
-    _, train_rows = _split_rows(train_split, size, limit_train)
-    _, eval_rows = _split_rows(eval_split, size, examples)
+    size = _split_size(dataset, base, data_dir)
+    train_rows = _split_rows(train_split, size, limit_train)
+    eval_rows = _split_rows(eval_split, size, examples)
     both = set(train_rows) & set(eval_rows)
     if both:
         raise ValueError(f"{who} trains on {train_split!r} (first {limit_train}), which holds "
@@ -159,8 +166,8 @@ def plan_columns(root: str, dataset: str, smoke: bool, overrides: dict, existing
     (fields a defense lacks are skipped) and must validate; a workdir that already holds a
     run must hold this one (else ValueError: a changed --set or --epochs is never ignored);
     an --existing purifier must sit in front of the 'none' column's model; `user_keys` (the
-    --set keys) must each be a field of some column of the table (chosen or not); no run may train on the attacked
-    examples (the first `examples` of the 'none' run's eval split)."""
+    --set keys) must each be a field of some column of the table (chosen or not); no run may
+    train on the attacked examples (the first `examples` of the 'none' run's eval split)."""
     from jaxdefense import checkpoint, config
     unknown = set(existing) - set(trainers())
     if unknown:
@@ -313,8 +320,7 @@ def combine(paper: dict, adaptive: dict) -> dict:
     worst = pe_p["clean"] & pe_a["clean"]
     row = {"clean": adaptive["clean"]}
     for name in ATTACK_ORDER:
-        runs = [v for k, v in {**pe_p, **{"~" + k: v for k, v in pe_a.items()}}.items()
-                if k.split("/")[-1] == name]
+        runs = [v for pe in (pe_p, pe_a) for k, v in pe.items() if k.endswith("/" + name)]
         if runs:
             ok = np.logical_and.reduce(runs)
             row[name] = float(ok.mean())
