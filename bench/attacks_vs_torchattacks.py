@@ -32,6 +32,7 @@ import torch
 import torch.nn as tnn
 import torchattacks
 
+from jaxdefense.cli import setup_process
 from jaxdefense import attacks as ja
 from jaxdefense import data
 from jaxdefense.defenses import standard
@@ -120,6 +121,7 @@ def main():
     p.add_argument("--only", default=None,
                    help="comma list of name prefixes, e.g. PGD,ensemble")
     args = p.parse_args()
+    setup_process()   # malloc as the command lines have it (jaxdefense.host_memory)
     torch.manual_seed(0)
 
     cfg = standard.preset("mnist", data_dir=args.data_dir, train_split="test[:8000]",

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdefense.cli import setup_process
 from jaxdefense.data import dataset_info
 
 GPU_GIB = (16, 40, 80)
@@ -152,6 +153,7 @@ def main():
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--only", default="", help="comma list of case names")
     args = p.parse_args()
+    setup_process()   # malloc as the command lines have it (jaxdefense.host_memory)
     only = {s for s in args.only.split(",") if s}
     dtypes = args.dtypes.split(",")
     print(f"# full-size steps: batch {args.batch}, {jax.devices()[0].platform} "

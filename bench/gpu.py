@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdefense.cli import setup_process
+
 try:
     from bench.grfd_step import median_ms
 except ImportError:                          # run as a script: bench/ is on sys.path
@@ -341,6 +343,7 @@ def main():
                    help="comma list of PGD-20, APGD-CE, AutoAttack (default: all)")
     p.add_argument("--ks", default="1,4", help="comma list of L_rb draws K for phase I")
     args = p.parse_args()
+    setup_process()   # malloc as the command lines have it (jaxdefense.host_memory)
     parts = set(args.parts.split(","))
     ks = [int(k) for k in args.ks.split(",")]
 

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdefense.cli import setup_process
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import preset
@@ -362,6 +363,7 @@ def main():
                    help="time the layer formulations (transposed conv, RSM conv) of the same "
                         "step against each other, interleaved over ROUNDS rounds")
     args = p.parse_args()
+    setup_process()   # malloc as the command lines have it (jaxdefense.host_memory)
     over = {} if args.batch_size is None else {"batch_size": args.batch_size}
     rows = [("no L_rb (delta=0)", preset(args.dataset, delta=0.0, **over))]
     rows += [(f"L_rb, K={k}", preset(args.dataset, rb_samples=k, **over)) for k in

@@ -25,6 +25,8 @@ import time
 import jax
 import numpy as np
 
+from jaxdefense.cli import setup_process
+
 
 def reading(examples: int) -> None:
     import tensorflow_datasets as tfds
@@ -94,6 +96,7 @@ def main():
     p.add_argument("--fit_examples", type=int, default=10_240)
     p.add_argument("--epochs", type=int, default=3)
     args = p.parse_args()
+    setup_process()   # malloc as the command lines have it (jaxdefense.host_memory)
     print(f"machine: {os.cpu_count()} CPU cores, {jax.devices()[0].platform}, "
           f"jax {jax.__version__}")
     reading(args.examples)

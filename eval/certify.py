@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxdefense import data, files, plots
 from jaxdefense.checkpoint import CheckpointError, load_config
+from jaxdefense.cli import setup_process
 
 
 def parse_args(argv):
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     import jaxdefense
     from jaxdefense.defenses import smoothing
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_process()
     try:
         defense, saved = load_config(args.workdir)
         if defense != "smoothing":

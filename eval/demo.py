@@ -24,6 +24,7 @@ import jax
 
 from jaxdefense import data, files, table3
 from jaxdefense.checkpoint import CheckpointError
+from jaxdefense.cli import setup_process
 
 # Short schedules that reach classifier-like accuracy on digits in about two minutes.
 TRAINING = dict(epochs=12, target_epochs=12, batch_size=64, eval_every=0, z_dim=64,
@@ -76,6 +77,7 @@ def short_table(columns: dict, published: dict, examples: int, attacks: dict) ->
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_process()
     start = time.time()
     try:
         attacks = table3.attacks_for("digits", args.max_steps, None, ATTACKS)

@@ -34,6 +34,7 @@ import jaxdefense
 from jaxdefense import data, files, plots, robustness
 from jaxdefense.attacks.presets import PRESETS, get_preset, preset_for
 from jaxdefense.checkpoint import CheckpointError
+from jaxdefense.cli import setup_process
 from jaxdefense.defenses import preprocessing
 
 
@@ -73,6 +74,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_process()
     threats = tuple(t.strip() for t in args.threats.split(",") if t.strip())
     try:
         model = jaxdefense.load(args.workdir)

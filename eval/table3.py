@@ -27,6 +27,7 @@ import jax
 
 from jaxdefense import data, files, table3
 from jaxdefense.checkpoint import CheckpointError
+from jaxdefense.cli import setup_process
 
 
 def parse_args(argv):
@@ -100,6 +101,7 @@ def _overrides(args, user: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_process()
     try:
         only = None
         if args.columns:

@@ -6,6 +6,17 @@ import dataclasses
 import typing
 
 
+def setup_process() -> None:
+    """What every command line does before its first computation: malloc keeps XLA:CPU's
+    freed temporary buffers mapped (`host_memory.apply_default`, as
+    JAXDEFENSE_KEEP_FREED_MEMORY says). An unknown setting exits with a message."""
+    from jaxdefense import host_memory
+    try:
+        host_memory.apply_default()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def _parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes"):
         return True
@@ -82,6 +93,7 @@ def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn
     import sys
     from jaxdefense.checkpoint import CheckpointError
     from jaxdefense.data import DatasetError
+    setup_process()
     cfg = parse_config(sys.argv[1:] if argv is None else argv, config_cls, preset_fn, presets,
                        prog, doc)
     try:

@@ -8,9 +8,12 @@ this project's CPU VM (BENCHMARKS.md), a fifth of the step's CPU time. With the 
 threshold and the trim threshold raised, the block comes from malloc's heap and its pages
 stay mapped between steps: no faults after the first step.
 
-`import jaxdefense` calls `keep_freed_memory()` once. The cost is that up to `limit_bytes`
-of freed memory stays in the process (its resident size stays near its peak). The
-environment variable JAXDEFENSE_KEEP_FREED_MEMORY, read at the import, chooses:
+Importing jaxdefense leaves malloc alone. The command lines (`python -m train.*`,
+`python -m eval.*`, the benchmarks) call `apply_default()` first; a library user who wants
+the same calls it (or `keep_freed_memory()`) before the first computation. The cost is that
+up to `limit_bytes` of freed memory stays in the process (its resident size stays near its
+peak). The environment variable JAXDEFENSE_KEEP_FREED_MEMORY, read by `apply_default()`,
+chooses:
   * `1` (default): the two thresholds above;
   * `one_arena`: also one malloc arena for all threads. glibc's other arenas grow in 64 MiB
     heaps, so a block above 64 MiB that one of XLA's worker threads allocates (the GRFD
@@ -61,14 +64,16 @@ def keep_freed_memory(limit_bytes: int = 1 << 30, one_arena: bool = False) -> bo
     return bool(mallopt(_M_TRIM_THRESHOLD, limit))
 
 
+APPLIED = False     # whether `apply_default()` changed malloc in this process
+
+
 def apply_default() -> bool:
-    """`keep_freed_memory()` as JAXDEFENSE_KEEP_FREED_MEMORY says (called at import)."""
+    """`keep_freed_memory()` as JAXDEFENSE_KEEP_FREED_MEMORY says (the command lines call
+    it first); True when malloc was changed. ValueError on an unknown setting."""
+    global APPLIED
     choice = os.environ.get(ENV, "1")
     if choice not in CHOICES:
         raise ValueError(f"{ENV}={choice!r}: expected one of {', '.join(CHOICES)}")
-    if choice == "0":
-        return False
-    return keep_freed_memory(one_arena=choice == "one_arena")
-
-
-APPLIED = apply_default()
+    if choice != "0":
+        APPLIED = keep_freed_memory(one_arena=choice == "one_arena") or APPLIED
+    return APPLIED

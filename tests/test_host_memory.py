@@ -16,6 +16,9 @@ PROBE = """
 import ctypes, resource, sys, threading
 import jaxdefense
 from jaxdefense import host_memory
+if sys.argv[3] == "cli":          # what every command line does first
+    from jaxdefense.cli import setup_process
+    setup_process()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = (ctypes.c_void_p,)
@@ -41,12 +44,12 @@ print(host_memory.APPLIED, faults() - before)
 """
 
 
-def _probe(env_value, mib=64, where="main"):
+def _probe(env_value, mib=64, where="main", entry="cli"):
     env = dict(os.environ)
     env.pop("JAXDEFENSE_KEEP_FREED_MEMORY", None)
     if env_value is not None:
         env["JAXDEFENSE_KEEP_FREED_MEMORY"] = env_value
-    out = subprocess.run([sys.executable, "-c", PROBE, str(mib), where], env=env,
+    out = subprocess.run([sys.executable, "-c", PROBE, str(mib), where, entry], env=env,
                          capture_output=True, text=True, check=True, timeout=120).stdout.split()
     return out[0] == "True", int(out[1])
 
@@ -57,7 +60,14 @@ def _huge_pages_always() -> bool:
     return os.path.exists(THP) and "[always]" in open(THP).read()
 
 
-def test_import_keeps_freed_blocks_mapped():
+def test_import_leaves_malloc_as_it_was():
+    applied, faults = _probe(None, entry="import")
+    assert not applied
+    if not _huge_pages_always():
+        assert faults > 30_000        # each block mmap'ed afresh, as without jaxdefense
+
+
+def test_command_lines_keep_freed_blocks_mapped():
     applied, faults = _probe(None)
     assert applied
     # 4 x 64 MiB = 65,536 pages of 4 KiB if every block were mapped afresh.
@@ -78,6 +88,12 @@ def test_bad_choice_is_an_error():
     env = dict(os.environ, JAXDEFENSE_KEEP_FREED_MEMORY="yes")
     r = subprocess.run([sys.executable, "-c", "import jaxdefense"], env=env,
                        capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0                  # the import does not read it
+    r = subprocess.run([sys.executable, "-m", "eval.table3", "--help"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0                  # nor does --help
+    r = subprocess.run([sys.executable, "-m", "train.standard", "--dataset=digits", "--smoke",
+                        "--epochs=0"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "expected one of 0, 1, one_arena" in r.stderr
 
 
