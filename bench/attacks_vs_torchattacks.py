@@ -24,7 +24,6 @@ import statistics
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +35,7 @@ from jaxdefense.cli import setup_process
 from jaxdefense import attacks as ja
 from jaxdefense import data
 from jaxdefense.defenses import standard
-from jaxdefense.models.fast import fast
+from jaxdefense import cpu_kernels
 
 
 class TorchLeNet5(tnn.Module):
@@ -51,22 +50,6 @@ class TorchLeNet5(tnn.Module):
         x = tnn.functional.max_pool2d(torch.relu(self.c2(x)), 2)
         x = x.flatten(1)
         return self.f3(torch.relu(self.f2(torch.relu(self.f1(x)))))
-
-
-class PlainLeNet5(nn.Module):
-    """The same LeNet-5 (same parameter names) written the way users write Flax models:
-    nn.Conv and nn.max_pool."""
-
-    @nn.compact
-    def __call__(self, x):
-        x = (x - 0.1307) / 0.3081
-        x = nn.max_pool(nn.relu(nn.Conv(6, (5, 5), padding="SAME", name="Conv_0")(x)),
-                        (2, 2), strides=(2, 2))
-        x = nn.max_pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="Conv_1")(x)),
-                        (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Dense(120, name="Dense_0")(x.reshape(x.shape[0], -1)))
-        x = nn.relu(nn.Dense(84, name="Dense_1")(x))
-        return nn.Dense(10, name="head")(x)
 
 
 def copy_weights(params, net: TorchLeNet5):
@@ -112,9 +95,9 @@ def main():
     p.add_argument("--eps", type=float, default=None,
                    help="budget in [0, 1] pixel units (default 0.1 Linf, 1.5 L2)")
     p.add_argument("--square_queries", type=int, default=1000)
-    p.add_argument("--plain_flax", action="store_true",
-                   help="add PGD-20 rows on the same weights in a plain Flax LeNet-5 (nn.Conv, "
-                        "nn.max_pool), traced with and without jaxdefense's fast layers")
+    p.add_argument("--kernels_off", action="store_true",
+                   help="add input-gradient and PGD-20 rows with the CPU kernels off "
+                        "(JAXDEFENSE_CPU_KERNELS=0: flax's layers as XLA runs them)")
     p.add_argument("--buckets", default="fine",
                    help="comma list of bucket kinds ('fine', 'pow2') for the attacks that drop "
                         "fooled points (APGD-T, FAB-T, Square, AutoAttack): a row each")
@@ -164,7 +147,7 @@ def main():
         return torch.autograd.grad(loss, xb)[0]
 
     jax_input_gradient = jax.jit(jax.grad(
-        lambda xb, yb: ja.losses.get_loss("ce")(fast(f)(xb), yb).sum()))
+        lambda xb, yb: ja.losses.get_loss("ce")(cpu_kernels.use(f)(xb), yb).sum()))
     suite = {
         # one step's work for the gradient attacks: the LeNet-5's cross-entropy gradient
         # with respect to the images (what PGD's and APGD's iterations are made of)
@@ -197,22 +180,19 @@ def main():
                     g, xb, yb, key, eps=eps, steps=100, norm=norm, square_queries=q,
                     buckets=kind), torchattacks.MultiAttack(torch_stages)),
         })
-    if args.plain_flax:
-        plain = PlainLeNet5()
-        # a different function object for each setting: the jit cache keys on it
-        f_fast = lambda xx: plain.apply({"params": params}, xx)
-        f_slow = lambda xx: plain.apply({"params": params}, xx)
+    if args.kernels_off:
+        f_off = fresh(f)             # its own function object: the jit cache keys on it
 
-        def as_written(xb, yb):
-            os.environ["JAXDEFENSE_FAST_LAYERS"] = "0"
+        def pgd_off(xb, yb):
+            os.environ[cpu_kernels.ENV] = "0"
             try:
-                return ja.pgd(f_slow, xb, yb, key, eps=eps, step_size=step, steps=20, norm=norm)
+                return ja.pgd(f_off, xb, yb, key, eps=eps, step_size=step, steps=20, norm=norm)
             finally:
-                os.environ.pop("JAXDEFENSE_FAST_LAYERS")
-        suite["PGD-20, plain Flax LeNet-5 (fast layers, the default)"] = (
-            lambda xb, yb: ja.pgd(f_fast, xb, yb, key, eps=eps, step_size=step, steps=20,
-                                  norm=norm), torch_pgd)
-        suite["PGD-20, plain Flax LeNet-5 (JAXDEFENSE_FAST_LAYERS=0)"] = (as_written, torch_pgd)
+                os.environ.pop(cpu_kernels.ENV)
+        suite["input gradient, CPU kernels off"] = (jax.jit(jax.grad(
+            lambda xb, yb: ja.losses.get_loss("ce")(f_off(xb), yb).sum())),
+            torch_input_gradient)
+        suite["PGD-20, CPU kernels off"] = (pgd_off, torch_pgd)
     only = tuple(args.only.split(",")) if args.only else None
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; jax {jax.__version__} "
           f"({jax.devices()[0].platform}), torch {torch.__version__} "

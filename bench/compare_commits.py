@@ -28,6 +28,15 @@ SNIPPET = r"""
 import statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 import jax, jax.numpy as jnp
+try:      # as the command lines run (a commit whose import did this itself has no cli hook)
+    from jaxdefense.cli import setup_process
+    setup_process()
+except ImportError:
+    pass
+try:      # the step compiled as training.fit compiles it
+    from jaxdefense.cpu_kernels import use
+except ImportError:
+    use = lambda fn: fn
 from jaxdefense import attacks
 from jaxdefense.models import LeNet5
 m = LeNet5()
@@ -47,7 +56,16 @@ print(1000 * statistics.median(ts))
 GRFD_SNIPPET = r"""
 import statistics, sys, time
 sys.path.insert(0, sys.argv[1])
-import jax
+import jax, jax.numpy as jnp
+try:      # as the command lines run (a commit whose import did this itself has no cli hook)
+    from jaxdefense.cli import setup_process
+    setup_process()
+except ImportError:
+    pass
+try:      # the step compiled as training.fit compiles it
+    from jaxdefense.cpu_kernels import use
+except ImportError:
+    use = lambda fn: fn
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import preset
 k = int(sys.argv[4])
@@ -56,7 +74,7 @@ state = grfd.init_generator_state(cfg, jax.random.key(0), 100)
 batch = (jax.random.uniform(jax.random.key(1), (cfg.batch_size, 28, 28, 1)),
          jax.numpy.arange(cfg.batch_size) % 10)
 hp = {"alpha": jax.numpy.float32(10.0)}
-step = jax.jit(grfd.make_generator_step(cfg), donate_argnums=(0,))
+step = jax.jit(use(grfd.make_generator_step(cfg)), donate_argnums=(0,))
 keys = list(jax.random.split(jax.random.key(3), int(sys.argv[3]) + 1))
 def run(key):
     global state

@@ -2,7 +2,7 @@
 
     python bench/grfd_step.py --dataset=mnist --steps=10
     python bench/grfd_step.py --dataset=mnist --steps=5 --ks=1,4 --torch
-    python bench/grfd_step.py --dataset=mnist --steps=5 --ks=1,4 --variants=3
+    python bench/grfd_step.py --dataset=mnist --steps=5 --ks=1,4 --kernels=3
 
 Prints a markdown table: per configuration the median step time (ms) over --steps timed
 steps after one compile+warm-up step, images/s, and XLA's temporary buffer size for the step
@@ -48,11 +48,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxdefense import cpu_kernels
 from jaxdefense.cli import setup_process
 from jaxdefense.data import dataset_info
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import preset
-from jaxdefense.training import classifier_step, init_classifier_state, make_optimizer
+
 
 TERMS = ("l_rc", "l_kl", "l_rf", "l_cl", "l_rb", "loss")
 TOLERANCE = 1e-3         # loss terms (batch means), relative
@@ -88,12 +89,12 @@ def median_ms(run, steps: int) -> float:
     return wall_and_cpu_ms(run, steps)[0]
 
 
-def step_runner(cfg, **models):
-    """(run, temp MiB): `run()` does one blocking phase-I step on the timing batch (models:
-    make_generator_step's vae / rsm variants), with a fresh key each call; temp MiB is XLA's
-    temporary buffer size for the compiled step."""
+def step_runner(cfg):
+    """(run, temp MiB): `run()` does one blocking phase-I step on the timing batch, compiled
+    as `training.fit` compiles it (CPU kernels as JAXDEFENSE_CPU_KERNELS says), with a fresh
+    key each call; temp MiB is XLA's temporary buffer size for the compiled step."""
     state, batch, hp = setup(cfg)
-    step = jax.jit(grfd.make_generator_step(cfg, **models), donate_argnums=(0,))
+    step = jax.jit(cpu_kernels.use(grfd.make_generator_step(cfg)), donate_argnums=(0,))
     compiled = step.lower(state, batch, jax.random.key(2), hp).compile()
     mem = compiled.memory_analysis()
     temp_mib = getattr(mem, "temp_size_in_bytes", 0) / 2 ** 20 if mem is not None else float("nan")
@@ -108,9 +109,9 @@ def step_runner(cfg, **models):
     return run, temp_mib
 
 
-def time_step(cfg, steps: int, **models) -> dict:
-    """Median ms of the phase-I step (models: make_generator_step's vae / rsm variants)."""
-    run, temp_mib = step_runner(cfg, **models)
+def time_step(cfg, steps: int) -> dict:
+    """Median ms of the phase-I step."""
+    run, temp_mib = step_runner(cfg)
     ms = median_ms(run, steps)
     return dict(ms=ms, img_s=cfg.batch_size / ms * 1000, temp_mib=temp_mib)
 
@@ -127,55 +128,26 @@ def timing_table(dataset: str, rows, steps: int) -> None:
               flush=True)
 
 
-VARIANTS = {  # name -> (LVCVAE transpose_impl, LeNet-5 RSM conv_impl)
-    "transposed scatter (auto), RSM auto": ("scatter", "auto"),
-    "transposed im2col, RSM auto": ("im2col", "auto"),
-    "transposed subpixel, RSM auto": ("subpixel", "auto"),
-    "transposed xla, RSM auto": ("xla", "auto"),
-    "transposed auto, RSM xla": ("auto", "xla"),
-}
-
-
-def variant_table(dataset: str, rows, steps: int, rounds: int) -> None:
-    """Each layer formulation of the same step, interleaved over `rounds` (a slow spell of
-    the machine then hits every variant); the median of the rounds' medians, and the
-    range."""
-    times = {(r, v): [] for r, _ in rows for v in VARIANTS}
+def kernels_table(dataset: str, rows, steps: int, rounds: int) -> None:
+    """Each step with the CPU kernels on and off (JAXDEFENSE_CPU_KERNELS=1 / 0), interleaved
+    over `rounds` (a slow spell of the machine then hits both); the median of the rounds'
+    medians, and the range."""
+    times = {(r, k): [] for r, _ in rows for k in ("1", "0")}
     for _ in range(rounds):
         for name, cfg in rows:
-            for v, (transpose, conv) in VARIANTS.items():
-                models = dict(vae=grfd.make_vae(cfg).clone(transpose_impl=transpose),
-                              rsm=grfd.make_classifier(cfg).clone(conv_impl=conv))
-                times[name, v].append(time_step(cfg, steps, **models)["ms"])
-    print(f"| {dataset} preset, batch {rows[0][1].batch_size} | "
-          + " | ".join(VARIANTS) + " |\n|---|" + "---|" * len(VARIANTS))
+            for k in ("1", "0"):
+                os.environ[cpu_kernels.ENV] = k
+                try:
+                    times[name, k].append(time_step(cfg, steps)["ms"])
+                finally:
+                    os.environ.pop(cpu_kernels.ENV)
+    print(f"| {dataset} preset, batch {rows[0][1].batch_size} | kernels on, ms | kernels off, "
+          f"ms | off / on |\n|---|---|---|---|")
     for name, _ in rows:
-        cells = [times[name, v] for v in VARIANTS]
-        print(f"| {name} | " + " | ".join(
-            f"{statistics.median(t):.0f} ({min(t):.0f}-{max(t):.0f})" for t in cells) + " |")
-    cfg, target = rows[0][1], {}
-    for _ in range(rounds):      # phase III: the target's plain training step on x_r
-        for conv in ("auto", "xla"):
-            target.setdefault(conv, []).append(
-                time_target_step(cfg, grfd.make_classifier(cfg).clone(conv_impl=conv), steps))
-    print("\nphase III step (target on x_r), ms: " + ", ".join(
-        f"RSM {conv} {statistics.median(t):.0f} ({min(t):.0f}-{max(t):.0f})"
-        for conv, t in target.items()))
-
-
-def time_target_step(cfg, model, steps: int) -> float:
-    """Median ms of `classifier_step(model)` (phase III) on the timing batch."""
-    state = init_classifier_state(model, dataset_info(cfg.dataset)["shape"],
-                                  make_optimizer(cfg, 100), jax.random.key(0))
-    _, batch, _ = setup(cfg)
-    step = jax.jit(classifier_step(model), donate_argnums=(0,))
-    keys = iter(list(jax.random.split(jax.random.key(3), steps + 1)))
-
-    def run():
-        nonlocal state
-        state, m = step(state, batch, next(keys), {})
-        jax.block_until_ready(m)
-    return median_ms(run, steps)
+        on, off = times[name, "1"], times[name, "0"]
+        span = lambda t: f"{statistics.median(t):.0f} ({min(t):.0f}-{max(t):.0f})"
+        print(f"| {name} | {span(on)} | {span(off)} | "
+              f"{statistics.median(off) / statistics.median(on):.2f} |")
 
 
 class _SampleNoise(nn.Module):
@@ -211,7 +183,8 @@ def jax_metrics_and_grads(cfg, state, batch, key, hp):
         init=lambda params: params,
         update=lambda grads, _, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
     state = state.replace(tx=keep, opt_state=keep.init(state.params))
-    new_state, metrics = jax.jit(grfd.make_generator_step(cfg))(state, batch, key, hp)
+    new_state, metrics = jax.jit(cpu_kernels.use(grfd.make_generator_step(cfg)))(
+        state, batch, key, hp)
     return metrics, new_state.opt_state
 
 
@@ -359,9 +332,9 @@ def main():
                    help="--torch: alternating rounds of jax and torch steps per configuration")
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the preset's batch size (quick runs)")
-    p.add_argument("--variants", type=int, default=0, metavar="ROUNDS",
-                   help="time the layer formulations (transposed conv, RSM conv) of the same "
-                        "step against each other, interleaved over ROUNDS rounds")
+    p.add_argument("--kernels", type=int, default=0, metavar="ROUNDS",
+                   help="time each step with the CPU kernels on and off "
+                        "(jaxdefense.cpu_kernels), interleaved over ROUNDS rounds")
     args = p.parse_args()
     setup_process()   # malloc as the command lines have it (jaxdefense.host_memory)
     over = {} if args.batch_size is None else {"batch_size": args.batch_size}
@@ -370,8 +343,8 @@ def main():
              map(int, args.ks.split(","))]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"{jax.devices()[0].device_kind}, {jax.device_count()} device(s), jax {jax.__version__}")
-    if args.variants:
-        variant_table(args.dataset, rows, args.steps, args.variants)
+    if args.kernels:
+        kernels_table(args.dataset, rows, args.steps, args.kernels)
     elif args.torch:
         torch_comparison(args.dataset, rows, args.steps, args.rounds)
     else:

@@ -148,3 +148,10 @@ def load_config(workdir: str) -> tuple[str, dict]:
         return data["defense"], data["config"]
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path} is corrupt ({e})") from e
+
+
+def restore_variables(directory: str, template_state) -> dict:
+    """{'params', 'batch_stats'} of the newest checkpoint in `directory`, restored into the
+    structure of `template_state` (a TrainState as its training made it)."""
+    state = Checkpoints(directory).restore(template_state)
+    return {"params": state.params, "batch_stats": state.batch_stats}

@@ -103,3 +103,12 @@ def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn
         return 2
     print(json.dumps(result, indent=2))
     return 0
+
+
+def defense_main(name: str, doc: str, argv=None) -> int:
+    """`python -m train.<name>`: the registered defense's presets, one flag per config field,
+    its training run (`defenses.registry`)."""
+    from jaxdefense.defenses import registry
+    entry = registry.get(name)
+    return run_main(argv, entry.Config, entry.preset, entry.presets, f"python -m train.{name}",
+                    doc, entry.train_and_evaluate)

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdefense import cpu_kernels
 from jaxdefense.data import padded_batches
 from jaxdefense.sharding import shard_batch, to_host
 
@@ -22,7 +23,7 @@ def padded_batch_size(batch_size: int, n: int) -> int:
 def _jit_apply(apply):
     """jax.jit of an `apply(variables, x)` (a module's apply: it holds no parameters, so
     caching it keeps nothing large alive), one per apply."""
-    return jax.jit(apply)
+    return jax.jit(cpu_kernels.use(apply))
 
 
 @functools.lru_cache(maxsize=64)
@@ -38,7 +39,7 @@ def map_batches(fn, x: np.ndarray, batch_size: int = 256, variables=None) -> np.
     parameters compiles once, not once per call (a closure over the parameters would).
     Without, fn is jitted for this call only (a closure may hold large parameters)."""
     b = padded_batch_size(batch_size, len(x))
-    jfn = jax.jit(fn) if variables is None else _jit_apply(fn)
+    jfn = jax.jit(cpu_kernels.use(fn)) if variables is None else _jit_apply(fn)
     out = []
     for xb, _, mask in padded_batches(x, np.zeros(len(x), np.int32), b):
         xb = shard_batch(xb)

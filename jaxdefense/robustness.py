@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdefense import attacks as attack_lib, files
+from jaxdefense import attacks as attack_lib, cpu_kernels, files
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.attacks.presets import ALIASES, get_preset, preset_for
 from jaxdefense.data import padded_batches
@@ -109,7 +109,7 @@ def make_predict(served, stochastic: bool, eval_draws: int = 1):
         hits = jax.lax.map(lambda kd: jnp.argmax(served(xb, kd), -1) == yb,
                            jax.random.split(k, draws))
         return jnp.all(hits, axis=0)
-    return jax.jit(right)
+    return jax.jit(cpu_kernels.use(right))
 
 
 def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,

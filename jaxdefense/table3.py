@@ -79,17 +79,11 @@ DATASETS = ("mnist", "cifar10", "cifar100", "digits")
 
 
 def trainers() -> dict:
-    """defense -> (preset(dataset, smoke, **overrides), train_and_evaluate(cfg, progress))."""
-    from jaxdefense.defenses import apegan, cdvae, diffpure, gradreg, smoothing, standard
-    from jaxdefense.defenses.grfd import config as grfd_config
-    from jaxdefense.defenses.grfd import train as grfd_train
-    return {"standard": (standard.preset, standard.train_and_evaluate),
-            "cdvae": (cdvae.preset, cdvae.train_and_evaluate),
-            "smoothing": (smoothing.preset, smoothing.train_and_evaluate),
-            "gradreg": (gradreg.preset, gradreg.train_and_evaluate),
-            "apegan": (apegan.preset, apegan.train_and_evaluate),
-            "diffpure": (diffpure.preset, diffpure.train_and_evaluate),
-            "grfd": (grfd_config.preset, grfd_train.train_and_evaluate)}
+    """defense -> (preset(dataset, smoke, **overrides), train_and_evaluate(cfg, progress))
+    for every defense a column trains, from the defense registry."""
+    from jaxdefense.defenses import registry
+    return {d: (registry.get(d).preset, registry.get(d).train_and_evaluate)
+            for d in dict.fromkeys(c.trains for c in COLUMNS)}
 
 
 @functools.lru_cache(maxsize=1)

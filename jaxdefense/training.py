@@ -22,7 +22,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from jaxdefense import files, summaries
+from jaxdefense import cpu_kernels, files, summaries
 from jaxdefense.checkpoint import Checkpoints
 from jaxdefense.data import train_batches
 from jaxdefense.sharding import (is_main_process, process_share, replicate, shard_batch,
@@ -236,7 +236,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
 
     def keyed_step(state, batch, hparams):
         return step(state, batch, jax.random.fold_in(base_key, state.step), hparams)
-    jstep = jax.jit(keyed_step, donate_argnums=(0,))
+    jstep = jax.jit(cpu_kernels.use(keyed_step), donate_argnums=(0,))
 
     guard = ((lambda: jax.transfer_guard(transfer_guard)) if transfer_guard
              else contextlib.nullcontext)

@@ -172,9 +172,9 @@ def test_one_target_step_and_served_pipeline():
     assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
     vae_vars = grfd.generator_variables(gen)
     tv = {"params": new.params, "batch_stats": new.batch_stats}
-    logits_fn = grfd.make_defended_logits_fn(cfg, vae_vars, tv)
+    logits_fn, parts = grfd.serve(cfg, grfd.build(cfg), {"vae": vae_vars, "target": tv})
     chex.assert_shape(logits_fn(x), (8, 10))
-    x_u, x_r = grfd.make_disentangle_fn(cfg, vae_vars)(x)
+    x_u, x_r = parts["disentangle"](x)
     np.testing.assert_allclose(x_u + x_r, x, atol=1e-6)
     g = jax.grad(lambda xi: logits_fn(xi)[:, 0].sum())(x)   # differentiable end to end
     assert float(jnp.abs(g).sum()) > 0

@@ -8,18 +8,13 @@ against it, train the generator and discriminator, report the papers' protocol
         --target_workdir=runs/std-mnist --purifier_epochs=15 --workdir=runs/apegan-mnist
     python -m eval.robustness --workdir=runs/apegan-mnist --threats=target-only,whitebox
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.apegan import PRESETS, APEGANConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.apegan import train_and_evaluate
-    return run_main(argv, APEGANConfig, preset, PRESETS, "python -m train.apegan", __doc__,
-                    train_and_evaluate)
+    return defense_main("apegan", __doc__, argv)
 
 
 if __name__ == "__main__":

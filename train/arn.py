@@ -6,18 +6,13 @@ it, train the purifier, report the papers' protocol and the white-box numbers.
         --train_split='test[:8000]' --eval_split='test[8000:]' --workdir=runs/arn-mnist
     python -m eval.robustness --workdir=runs/arn-mnist --threats=target-only,whitebox
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.arn import PRESETS, ARNConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.arn import train_and_evaluate
-    return run_main(argv, ARNConfig, preset, PRESETS, "python -m train.arn", __doc__,
-                    train_and_evaluate)
+    return defense_main("arn", __doc__, argv)
 
 
 if __name__ == "__main__":

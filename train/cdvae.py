@@ -7,18 +7,13 @@ target(x - G(x)). GRFD's phases without the rectification head and L_rb.
         --train_split='test[:8000]' --eval_split='test[8000:]' --workdir=runs/cdvae-mnist
     python -m train.cdvae --dataset=cifar10 --workdir=runs/cdvae-c10
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.cdvae import PRESETS, CDVAEConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.cdvae import train_and_evaluate
-    return run_main(argv, CDVAEConfig, preset, PRESETS, "python -m train.cdvae", __doc__,
-                    train_and_evaluate)
+    return defense_main("cdvae", __doc__, argv)
 
 
 if __name__ == "__main__":

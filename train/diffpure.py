@@ -13,18 +13,13 @@ and both purified.
         --target_workdir=runs/std-mnist --workdir=runs/diffpure-mnist
     python -m eval.robustness --workdir=runs/diffpure-mnist --threats=target-only,whitebox
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.diffpure import PRESETS, DiffPureConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.diffpure import train_and_evaluate
-    return run_main(argv, DiffPureConfig, preset, PRESETS, "python -m train.diffpure", __doc__,
-                    train_and_evaluate)
+    return defense_main("diffpure", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,13 @@
     python -m train.fsr --dataset=digits --smoke --workdir=runs/fsr-demo
     python -m eval.robustness --workdir=runs/fsr --preset=fsr --attacks=fgsm,pgd,pgd100,cw
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.fsr.config import PRESETS, FSRConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.fsr.train import train_and_evaluate
-    return run_main(argv, FSRConfig, preset, PRESETS, "python -m train.fsr", __doc__,
-                    train_and_evaluate)
+    return defense_main("fsr", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -8,18 +8,13 @@
 `--dataset` picks the preset, `--smoke` shrinks every model and the data; every other
 field of GRFDConfig is a flag (see below). Re-running with the same --workdir resumes.
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.grfd.config import PRESETS, GRFDConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.grfd.train import train_and_evaluate
-    return run_main(argv, GRFDConfig, preset, PRESETS, "python -m train.grfd", __doc__,
-                    train_and_evaluate)
+    return defense_main("grfd", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,13 @@ the white-box numbers.
         --train_split='test[:8000]' --eval_split='test[8000:]' --workdir=runs/idfr-mnist
     python -m eval.robustness --workdir=runs/idfr-mnist --threats=target-only,whitebox
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.idfr import PRESETS, IDFRConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.idfr import train_and_evaluate
-    return run_main(argv, IDFRConfig, preset, PRESETS, "python -m train.idfr", __doc__,
-                    train_and_evaluate)
+    return defense_main("idfr", __doc__, argv)
 
 
 if __name__ == "__main__":

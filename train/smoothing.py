@@ -10,18 +10,13 @@ classifier white-box with EOT.
 --n (estimation draws, the reference's 100,000) dominates the certification time; scale it
 down on a CPU (the certified radius shrinks with n: pA_lower <= alpha^(1/n)).
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.defenses.smoothing import PRESETS, SmoothingConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.smoothing import train_and_evaluate
-    return run_main(argv, SmoothingConfig, preset, PRESETS, "python -m train.smoothing",
-                    __doc__, train_and_evaluate)
+    return defense_main("smoothing", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,13 @@
     python -m train.standard --dataset=mnist --data_dir=../shared/data/mnist \
         --train_split='test[:8000]' --eval_split='test[8000:]' --workdir=runs/std-mnist
 """
-from __future__ import annotations
-
 import sys
 
-from jaxdefense.cli import run_main
-from jaxdefense.config import CLASSIFIER_PRESETS
-from jaxdefense.defenses.standard import StandardConfig, preset
+from jaxdefense.cli import defense_main
 
 
 def main(argv=None) -> int:
-    from jaxdefense.defenses.standard import train_and_evaluate
-    return run_main(argv, StandardConfig, preset, CLASSIFIER_PRESETS, "python -m train.standard",
-                    __doc__, train_and_evaluate)
+    return defense_main("standard", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_budget, check_images, loss_and_grad, project_linf
 from jaxdefense.attacks.losses import get_loss
-from jaxdefense.models.fast import fast
+from jaxdefense import cpu_kernels
 
 
 def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce", eot_samples: int = 1,
@@ -23,7 +23,8 @@ def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce", eot_samples
         raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
     if stochastic and key is None:
         raise ValueError("a stochastic model needs a key")
-    return _fgsm(fast(logits_fn), x, y, key, jnp.float32(eps), loss, eot_samples, stochastic)
+    return _fgsm(cpu_kernels.use(logits_fn), x, y, key, jnp.float32(eps), loss, eot_samples,
+                 stochastic)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "loss", "eot_samples", "stochastic"))

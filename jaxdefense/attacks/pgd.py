@@ -19,7 +19,7 @@ from jaxdefense.attacks.common import (call_logits, check_budget, check_images, 
                                        keep_best, loss_and_grad)
 from jaxdefense.attacks.losses import get_loss
 from jaxdefense.attacks.norms import get_norm
-from jaxdefense.models.fast import fast
+from jaxdefense import cpu_kernels
 
 
 def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, steps: int = 10,
@@ -44,8 +44,8 @@ def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, ste
         get_loss(loss)
     if restarts < 1 or eot_samples < 1:
         raise ValueError(f"restarts and eot_samples must be >= 1, got {restarts}, {eot_samples}")
-    return _pgd(fast(logits_fn), x, y, key, jnp.float32(eps), jnp.float32(step_size), steps,
-                random_start, restarts, loss, eot_samples, stochastic, start_std, return_last,
+    return _pgd(cpu_kernels.use(logits_fn), x, y, key, jnp.float32(eps),
+                jnp.float32(step_size), steps, random_start, restarts, loss, eot_samples, stochastic, start_std, return_last,
                 get_norm(norm))
 
 

@@ -60,6 +60,9 @@ SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=5, purifier_epochs=2, purifier_batch
              apegan_base=8)
 
 
+Config = APEGANConfig
+
+
 def preset(dataset: str, smoke: bool = False, **overrides) -> APEGANConfig:
     return build_preset(APEGANConfig, PRESETS, SMOKE, "APE-GAN ", dataset, smoke, overrides)
 
@@ -146,3 +149,21 @@ def train_and_evaluate(cfg: APEGANConfig, progress: bool = True) -> dict:
         return {"stopped": "apegan"}
     return purification.closing_report(cfg, make_purifier(nets, state.params, state.batch_stats),
                                        ready, progress)
+
+
+def build(cfg: APEGANConfig) -> purification.PurifierNets:
+    return purification.build_nets(cfg, networks(cfg))
+
+
+def restore(workdir: str, cfg: APEGANConfig, nets) -> dict:
+    from jaxdefense.checkpoint import restore_variables
+    return {"purifier": restore_variables(os.path.join(workdir, "apegan"),
+                                          init_state(cfg, nets.purifier, jax.random.key(0))),
+            "target": purification.restore_target(cfg)[1]}
+
+
+def serve(cfg: APEGANConfig, nets, variables):
+    """(logits_fn, parts): target(G(x))."""
+    pv = variables["purifier"]
+    return purification.serve_purified(
+        nets, variables["target"], make_purifier(nets.purifier, pv["params"], pv["batch_stats"]))

@@ -63,6 +63,9 @@ SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=5, purifier_epochs=2, purifier_batch
              arn_base=8, z_dim=32)
 
 
+Config = ARNConfig
+
+
 def preset(dataset: str, smoke: bool = False, **overrides) -> ARNConfig:
     return build_preset(ARNConfig, PRESETS, SMOKE, "ARN ", dataset, smoke, overrides)
 
@@ -89,10 +92,8 @@ def init_state(cfg: ARNConfig, key) -> TrainState:
                                           for k in ("encoder", "decoder")}, tx=tx)
 
 
-def make_purifier(cfg: ARNConfig, params, batch_stats):
+def make_purifier(nets: dict, params, batch_stats):
     """x -> G(E(x)) with z = mean (evaluation mode): [0, 1] images to [0, 1] images."""
-    nets = networks(cfg)
-
     def purify(x):
         mu, _ = nets["encoder"].apply({"params": params["encoder"],
                                        "batch_stats": batch_stats["encoder"]}, x)
@@ -182,5 +183,23 @@ def train_and_evaluate(cfg: ARNConfig, progress: bool = True) -> dict:
                 stop_after_epochs=cfg.stop_after_epochs, progress=progress)
     if int(state.step) < cfg.purifier_epochs * (len(ready["stack"]) // cfg.purifier_batch_size):
         return {"stopped": "arn"}
-    purify = make_purifier(cfg, state.params, state.batch_stats)
+    purify = make_purifier(networks(cfg), state.params, state.batch_stats)
     return purification.closing_report(cfg, purify, ready, progress)
+
+
+def build(cfg: ARNConfig) -> purification.PurifierNets:
+    return purification.build_nets(cfg, networks(cfg))
+
+
+def restore(workdir: str, cfg: ARNConfig, nets) -> dict:
+    from jaxdefense.checkpoint import restore_variables
+    return {"purifier": restore_variables(os.path.join(workdir, "arn"),
+                                          init_state(cfg, jax.random.key(0))),
+            "target": purification.restore_target(cfg)[1]}
+
+
+def serve(cfg: ARNConfig, nets, variables):
+    """(logits_fn, parts): target(G(E(x)))."""
+    pv = variables["purifier"]
+    return purification.serve_purified(
+        nets, variables["target"], make_purifier(nets.purifier, pv["params"], pv["batch_stats"]))

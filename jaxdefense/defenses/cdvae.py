@@ -15,6 +15,7 @@ import dataclasses
 
 from jaxdefense.config import build_preset
 from jaxdefense.defenses.grfd.config import PRESETS as GRFD_PRESETS, SMOKE, GRFDConfig
+from jaxdefense.defenses.grfd.core import build, restore, serve  # noqa: F401  (GRFD's)
 
 
 @dataclasses.dataclass
@@ -37,6 +38,7 @@ class CDVAEConfig(GRFDConfig):
         return self
 
 
+Config = CDVAEConfig
 PRESETS = GRFD_PRESETS
 
 

@@ -117,6 +117,9 @@ SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=3, purifier_epochs=2, purifier_batch
              eval_draws=2, eot_samples=2, attack_examples=32)
 
 
+Config = DiffPureConfig
+
+
 def preset(dataset: str, smoke: bool = False, **overrides) -> DiffPureConfig:
     return build_preset(DiffPureConfig, PRESETS, SMOKE, "DiffPure ", dataset, smoke, overrides)
 
@@ -283,3 +286,22 @@ def train_and_evaluate(cfg: DiffPureConfig, progress: bool = True) -> dict:
     return purification.closing_report(
         cfg, purifier, ready, progress, served=served, stochastic=True,
         eval_draws=cfg.eval_draws, eot_samples=cfg.eot_samples, extra={"attack_cost": cost})
+
+
+def build(cfg: DiffPureConfig) -> purification.PurifierNets:
+    return purification.build_nets(cfg, make_score_net(cfg))
+
+
+def restore(workdir: str, cfg: DiffPureConfig, nets) -> dict:
+    """{'ema': the score network's EMA parameters, 'target': the target's variables}."""
+    from jaxdefense.checkpoint import Checkpoints
+    state = Checkpoints(os.path.join(workdir, "score")).restore(
+        init_state(cfg, nets.purifier, jax.random.key(0)))
+    return {"ema": state.ema, "target": purification.restore_target(cfg)[1]}
+
+
+def serve(cfg: DiffPureConfig, nets, variables):
+    """(logits_fn(x, key), parts): target(purify(x, key)), the reverse chain from t*."""
+    eps_fn = eps_fn_of(nets.purifier, variables["ema"])
+    return purification.serve_purified(nets, variables["target"],
+                                       lambda x, key: purify(cfg, eps_fn, x, key), keyed=True)

@@ -30,6 +30,7 @@ class GradRegConfig(ExperimentConfig):
         return self
 
 
+Config = GradRegConfig
 PRESETS = CLASSIFIER_PRESETS
 
 
@@ -53,3 +54,7 @@ def make_step(cfg: GradRegConfig):
 def train_and_evaluate(cfg: GradRegConfig, progress: bool = True) -> dict:
     """Train with the penalty (resumable) into workdir/classifier, then the white-box report."""
     return standard.train_and_evaluate(cfg, progress, defense="gradreg", step=make_step(cfg))
+
+
+# the registry's surface: the same network as an undefended classifier
+build, restore, serve = standard.build, standard.restore, standard.serve

@@ -62,6 +62,9 @@ SMOKE = dict(CLASSIFIER_SMOKE, attack_steps=5, purifier_epochs=2, fr_epochs=2,
              purifier_batch_size=64, unet_base=4)
 
 
+Config = IDFRConfig
+
+
 def preset(dataset: str, smoke: bool = False, **overrides) -> IDFRConfig:
     return build_preset(IDFRConfig, PRESETS, SMOKE, "IDFR ", dataset, smoke, overrides)
 
@@ -148,14 +151,13 @@ def fr_step(cfg: IDFRConfig, denoise, target_model, target_vars):
                                   lambda out: apply_head(target_model, target_vars, out))
 
 
-def make_logits_fn(cfg: IDFRConfig, id_vars, fr_vars, target_model, target_vars):
+def make_logits_fn(nets, id_vars, fr_vars, target_vars):
     """The served pipeline head(FR(embedding(ID(x)))), and ID alone."""
-    denoise = make_denoiser(cfg, id_vars)
-    fr = FeatureRestorer(cfg.fr_depth)
+    denoise = lambda x: nets.purifier["id"].apply(id_vars, x)
 
     def logits_fn(x):
-        emb, _ = embedding_and_logits(target_model, target_vars, denoise(x))
-        return apply_head(target_model, target_vars, fr.apply(fr_vars, emb))
+        emb, _ = embedding_and_logits(nets.target, target_vars, denoise(x))
+        return apply_head(nets.target, target_vars, nets.purifier["fr"].apply(fr_vars, emb))
     return logits_fn, denoise
 
 
@@ -193,5 +195,30 @@ def train_and_evaluate(cfg: IDFRConfig, progress: bool = True) -> dict:
     if int(fr_state.step) < cfg.fr_epochs * spe:
         return {"stopped": "fr"}
     fr_vars = {"params": fr_state.params, "batch_stats": fr_state.batch_stats}
-    logits_fn, _ = make_logits_fn(cfg, id_vars, fr_vars, target_model, target_vars)
+    logits_fn, _ = make_logits_fn(purification.PurifierNets(
+        {"id": make_unet(cfg), "fr": FeatureRestorer(cfg.fr_depth)}, target_model), id_vars,
+        fr_vars, target_vars)
     return purification.closing_report(cfg, denoise, ready, progress, served=logits_fn)
+
+
+def build(cfg: IDFRConfig) -> purification.PurifierNets:
+    return purification.build_nets(cfg, {"id": make_unet(cfg), "fr": FeatureRestorer(cfg.fr_depth)})
+
+
+def restore(workdir: str, cfg: IDFRConfig, nets) -> dict:
+    from jaxdefense.checkpoint import restore_variables
+    target_vars = purification.restore_target(cfg)[1]
+    dim = embedding_dim(nets.target, target_vars, dataset_info(cfg.dataset)["shape"])
+    return {"id": restore_variables(os.path.join(workdir, "id"),
+                                    init_id_state(cfg, jax.random.key(0))),
+            "fr": restore_variables(os.path.join(workdir, "fr"),
+                                    init_fr_state(cfg, jax.random.key(0), dim)),
+            "target": target_vars}
+
+
+def serve(cfg: IDFRConfig, nets, variables):
+    """(logits_fn, parts): head(FR(embedding(ID(x)))); parts 'classifier', 'purify' (ID)."""
+    logits_fn, denoise = make_logits_fn(nets, variables["id"], variables["fr"],
+                                        variables["target"])
+    classifier = lambda x: nets.target.apply(variables["target"], x)
+    return logits_fn, {"classifier": classifier, "purify": denoise}

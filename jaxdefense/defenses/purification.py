@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,6 +98,30 @@ def restore_target(cfg: PurificationConfig):
     state = Checkpoints(target_dir(cfg)).restore(standard.init_state(tcfg, jax.random.key(0), 1))
     return config.make_classifier(tcfg), {"params": state.params,
                                           "batch_stats": state.batch_stats}
+
+
+@dataclasses.dataclass(frozen=True)
+class PurifierNets:
+    """A purification defense's networks: its own modules (`purifier`, name -> module or one
+    module) and the classifier behind them (`target`)."""
+    purifier: Any
+    target: nn.Module
+
+
+def build_nets(cfg: PurificationConfig, purifier) -> PurifierNets:
+    """PurifierNets of `purifier` and the configured target's architecture."""
+    return PurifierNets(purifier, config.make_classifier(target_config(cfg)))
+
+
+def serve_purified(nets: PurifierNets, target_vars, purify, keyed: bool = False):
+    """(logits_fn, parts): target(purify(x)); parts 'classifier' (the bare target) and
+    'purify'. keyed: purify(x, key), and then logits_fn(x, key)."""
+    classifier = lambda x: nets.target.apply(target_vars, x)
+    if keyed:
+        logits_fn = lambda x, key: classifier(purify(x, key))
+    else:
+        logits_fn = lambda x: classifier(purify(x))
+    return logits_fn, {"classifier": classifier, "purify": purify}
 
 
 def train_target(cfg: PurificationConfig, train, test, metrics_path, progress=True):

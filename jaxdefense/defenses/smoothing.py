@@ -76,6 +76,7 @@ class SmoothingConfig(ExperimentConfig):
         return self
 
 
+Config = SmoothingConfig
 PRESETS = {
     **CLASSIFIER_PRESETS,
     # Cohen et al.'s CIFAR-10 schedule: SGD 0.1, momentum 0.9, wd 1e-4, x0.1 every 30 of 90
@@ -207,7 +208,7 @@ def make_served_logits_fn(base_fn, sigma: float, draws: int):
 
 def served(cfg: SmoothingConfig, variables):
     """(base_fn, served logits_fn(x, key)) of a trained base classifier."""
-    base_fn = standard.make_logits_fn(cfg, variables)
+    base_fn, _ = standard.serve(cfg, standard.build(cfg), variables)
     return base_fn, make_served_logits_fn(base_fn, cfg.sigma, cfg.served_draws)
 
 
@@ -245,3 +246,12 @@ def train_and_evaluate(cfg: SmoothingConfig, progress: bool = True) -> dict:
     append_jsonl(metrics_path, {"phase": "report", **summary})
     files.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     return summary
+
+
+build, restore = standard.build, standard.restore      # the base classifier
+
+
+def serve(cfg: SmoothingConfig, nets, variables):
+    """(logits_fn(x, key), parts): the smoothed classifier; parts['classifier'] the base."""
+    base_fn, logits_fn = served(cfg, variables)
+    return logits_fn, {"classifier": base_fn}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import flax.linen as nn
 import jax
 
 from jaxdefense import config, evaluation, robustness
@@ -19,6 +20,10 @@ class StandardConfig(ExperimentConfig):
     workdir: str = "runs/standard"
 
 
+Config = StandardConfig
+PRESETS = CLASSIFIER_PRESETS
+
+
 def preset(dataset: str, smoke: bool = False, **overrides) -> StandardConfig:
     return build_preset(StandardConfig, CLASSIFIER_PRESETS, SMOKE, "", dataset, smoke, overrides)
 
@@ -26,11 +31,6 @@ def preset(dataset: str, smoke: bool = False, **overrides) -> StandardConfig:
 def init_state(cfg: ExperimentConfig, key, steps_per_epoch: int) -> TrainState:
     return init_classifier_state(config.make_classifier(cfg), dataset_info(cfg.dataset)["shape"],
                                  make_optimizer(cfg, steps_per_epoch), key)
-
-
-def make_logits_fn(cfg: ExperimentConfig, variables):
-    model = config.make_classifier(cfg)
-    return lambda x: model.apply(variables, x, train=False)
 
 
 def train(cfg: ExperimentConfig, train_set, test, metrics_path, key, ckpt_dir: str,
@@ -73,5 +73,28 @@ def train_and_evaluate(cfg: StandardConfig, progress: bool = True, defense: str 
                             step=step)
     if variables is None:
         return {"stopped": "classifier", "epochs_done": done}
-    logits_fn = make_logits_fn(cfg, variables)
+    logits_fn, _ = serve(cfg, build(cfg), variables)
     return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path, progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierNets:
+    """The networks of a single-classifier defense (standard, gradient regularization,
+    randomized smoothing's base classifier)."""
+    classifier: nn.Module
+
+
+def build(cfg: ExperimentConfig) -> ClassifierNets:
+    return ClassifierNets(config.make_classifier(cfg))
+
+
+def restore(workdir: str, cfg: ExperimentConfig, nets: ClassifierNets) -> dict:
+    from jaxdefense.checkpoint import restore_variables
+    return restore_variables(os.path.join(workdir, "classifier"),
+                             init_state(cfg, jax.random.key(0), 1))
+
+
+def serve(cfg: ExperimentConfig, nets: ClassifierNets, variables):
+    """(logits_fn, parts): the classifier in evaluation mode."""
+    logits_fn = lambda x: nets.classifier.apply(variables, x, train=False)
+    return logits_fn, {"classifier": logits_fn}

@@ -19,7 +19,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdefense.models.common import batch_norm
-from jaxdefense.models.layers import ConvTranspose2x
 
 
 SLOPE = 0.01          # torch.nn.functional.leaky_relu's default, as the reference calls it
@@ -38,7 +37,8 @@ class Generator(nn.Module):
             h = nn.Conv(c, (4, 4), (2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype)(h)
             h = nn.leaky_relu(batch_norm(train, self.dtype)(h), SLOPE)
         # torch ConvTranspose2d(k=4, s=2, p=1) == flax ConvTranspose k4 s2 'SAME' (2 per side)
-        up = lambda c, name: ConvTranspose2x(c, dtype=self.dtype, name=name)
+        up = lambda c, name: nn.ConvTranspose(c, (4, 4), (2, 2), "SAME", dtype=self.dtype,
+                                              name=name)
         h = nn.leaky_relu(batch_norm(train, self.dtype)(up(self.base, "ConvTranspose_0")(h)),
                           SLOPE)
         h = jnp.tanh(up(x.shape[-1], "out")(h))

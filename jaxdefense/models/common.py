@@ -25,6 +25,16 @@ def batch_norm(train: bool, dtype=jnp.float32):
                         use_fast_variance=False, dtype=dtype)
 
 
+class MaxPool(nn.Module):
+    """`nn.max_pool` with non-overlapping windows (window == strides, 'VALID'): a module, so
+    that `jaxdefense.cpu_kernels` can compute it the CPU's way without touching the model."""
+    window: tuple = (2, 2)
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.max_pool(x, tuple(self.window), strides=tuple(self.window))
+
+
 def conv_dtype(dtype, stride: int):
     """Compute dtype of a stride-`stride` convolution in a model that computes in `dtype`:
     float32 for every strided convolution when `dtype` is bfloat16.

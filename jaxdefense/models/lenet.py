@@ -6,17 +6,15 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdefense.models.common import normalize
-from jaxdefense.models.layers import Conv, max_pool_2x2
+from jaxdefense.models.common import MaxPool, normalize
 
 
 class LeNet5(nn.Module):
     """conv5x5(6, same) - pool - conv5x5(16, valid) - pool - fc120 - fc84 - fc classes.
 
     `width` scales every layer (1.0 is the original; tests use less). Inputs NHWC in pixel
-    units, normalized here with (mean, std). conv_impl: 'auto' (on CPU banded matrix
-    products, XLA's convolution on GPU / TPU: `layers.resolve_impl`), 'xla' or 'im2col'
-    (`layers.conv_cpu`); the parameters are the same either way.
+    units, normalized here with (mean, std). Plain Flax layers (`jaxdefense.cpu_kernels`
+    computes them faster on CPU).
     feature_hook: an optional module `hook(f, train) -> f` applied to the last feature map
     (16x5x5 at width 1), e.g. FSR.
     """
@@ -25,18 +23,18 @@ class LeNet5(nn.Module):
     mean: Sequence[float] = (0.1307,)
     std: Sequence[float] = (0.3081,)
     dtype: Any = jnp.float32
-    conv_impl: str = "auto"
     feature_hook: Optional[nn.Module] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         w = lambda n: max(1, int(round(n * self.width)))
         x = normalize(x, self.mean, self.std, self.dtype)
-        conv = lambda n, pad, name: Conv(n, (5, 5), pad, self.conv_impl, self.dtype, name=name)
+        conv = lambda n, pad, name: nn.Conv(n, (5, 5), padding=pad, dtype=self.dtype,
+                                            name=name)
         # pool before relu: the same values and gradients (max and relu commute), on 4x
         # fewer elements
-        x = nn.relu(max_pool_2x2(conv(w(6), "SAME", "Conv_0")(x)))
-        x = nn.relu(max_pool_2x2(conv(w(16), "VALID", "Conv_1")(x)))
+        x = nn.relu(MaxPool()(conv(w(6), "SAME", "Conv_0")(x)))
+        x = nn.relu(MaxPool()(conv(w(16), "VALID", "Conv_1")(x)))
         if self.feature_hook is not None:
             x = self.feature_hook(x, train)
         x = x.reshape(x.shape[0], -1)

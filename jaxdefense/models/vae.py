@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxdefense.models.common import batch_norm, normalize
-from jaxdefense.models.layers import Conv, ConvTranspose2x
 
 
 class ResBlock(nn.Module):
@@ -37,17 +36,18 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train):
         for c in (self.base, 2 * self.base):
-            x = Conv(c, (4, 4), ((1, 1), (1, 1)), dtype=self.dtype, strides=(2, 2),
-                     use_bias=False)(x)
+            x = nn.Conv(c, (4, 4), (2, 2), ((1, 1), (1, 1)), use_bias=False,
+                        dtype=self.dtype)(x)
             x = nn.leaky_relu(batch_norm(train, self.dtype)(x), 0.2)
         return x
 
 
-def _upsample_twice(h, base, channels, slope, impl, dtype, train):
+def _upsample_twice(h, base, channels, slope, dtype, train):
     """Both decoders' tail, inside the calling module (names ConvTranspose_0, BatchNorm_k,
     ConvTranspose_1): transposed conv to `base`, BN, LeakyReLU(slope), transposed conv to
     `channels`; each 4x4 stride 2."""
-    up = lambda c, i: ConvTranspose2x(c, impl, dtype, name=f"ConvTranspose_{i}")
+    up = lambda c, i: nn.ConvTranspose(c, (4, 4), (2, 2), "SAME", dtype=dtype,
+                                       name=f"ConvTranspose_{i}")
     h = nn.leaky_relu(batch_norm(train, dtype)(up(base, 0)(h)), slope)
     return up(channels, 1)(h)
 
@@ -57,11 +57,10 @@ class ConvDecoder(nn.Module):
     base: int
     channels: int
     dtype: Any = jnp.float32
-    impl: str = "auto"          # ConvTranspose2x: auto, scatter, subpixel, im2col, xla
 
     @nn.compact
     def __call__(self, h, train):
-        return _upsample_twice(h, self.base, self.channels, 0.2, self.impl, self.dtype, train)
+        return _upsample_twice(h, self.base, self.channels, 0.2, self.dtype, train)
 
 
 class ResidualEncoder(nn.Module):
@@ -73,8 +72,8 @@ class ResidualEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train):
         for c in (self.base, 2 * self.base):
-            x = Conv(c, (4, 4), ((1, 1), (1, 1)), dtype=self.dtype, strides=(2, 2),
-                     use_bias=False)(x)
+            x = nn.Conv(c, (4, 4), (2, 2), ((1, 1), (1, 1)), use_bias=False,
+                        dtype=self.dtype)(x)
             x = nn.relu(batch_norm(train, self.dtype)(x))
         x = ResBlock(self.dtype)(x, train)
         x = batch_norm(train, self.dtype)(x)
@@ -86,14 +85,13 @@ class ResidualDecoder(nn.Module):
     base: int
     channels: int
     dtype: Any = jnp.float32
-    impl: str = "auto"
 
     @nn.compact
     def __call__(self, h, train):
         for _ in range(2):
             h = ResBlock(self.dtype)(h, train)
             h = batch_norm(train, self.dtype)(h)
-        return _upsample_twice(h, self.base, self.channels, 0.01, self.impl, self.dtype, train)
+        return _upsample_twice(h, self.base, self.channels, 0.01, self.dtype, train)
 
 
 class LVCVAE(nn.Module):
@@ -102,9 +100,7 @@ class LVCVAE(nn.Module):
     kind: 'conv' (MNIST, z 256, base 32) or 'residual' (CIFAR, z 2048, base 16). Image
     height and width must be divisible by 4. In training z = mu + exp(logvar / 2) * n with n
     from the 'sample' rng; in evaluation z = mu, so G is deterministic. rectifier=False
-    drops the head (CD-VAE); logits_z is then None. transpose_impl: how the decoder's
-    transposed convolutions compute ('auto': on CPU one product and an overlap-add, XLA's
-    elsewhere: `layers.ConvTranspose2x`; same params).
+    drops the head (CD-VAE); logits_z is then None.
     """
     num_classes: int
     z_dim: int = 256
@@ -114,7 +110,6 @@ class LVCVAE(nn.Module):
     std: Sequence[float] = (0.3081,)
     dtype: Any = jnp.float32
     rectifier: bool = True
-    transpose_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -138,7 +133,7 @@ class LVCVAE(nn.Module):
         dec_c = 2 * self.base
         hid = nn.Dense((h // 4) * (w // 4) * dec_c, dtype=self.dtype, name="project")(z)
         hid = hid.reshape(-1, h // 4, w // 4, dec_c)
-        decoder = dec(self.base, c, self.dtype, self.transpose_impl, name="decoder")
+        decoder = dec(self.base, c, self.dtype, name="decoder")
         recon = jnp.tanh(decoder(hid, train))
         recon = batch_norm(train, self.dtype)(recon).astype(jnp.float32)   # normalized units
         x_u = recon * jnp.asarray(self.std) + jnp.asarray(self.mean)  # pixel units

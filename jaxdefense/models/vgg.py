@@ -6,8 +6,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxdefense.models.layers import max_pool_2x2
-from jaxdefense.models.common import batch_norm, normalize
+from jaxdefense.models.common import MaxPool, batch_norm, normalize
 
 # Five conv blocks (channels of each 3x3 conv), each followed by 2x2 max pooling.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -41,7 +40,7 @@ class VGG16BN(nn.Module):
                 x = nn.relu(batch_norm(train, self.dtype)(x))
             if b == 3 and self.feature_hook is not None:
                 x = self.feature_hook(x, train)
-            x = max_pool_2x2(x)
+            x = MaxPool()(x)
         x = jnp.mean(x, axis=(1, 2))   # 1x1 on 32x32 inputs; also accepts larger images
         self.sow("intermediates", "embedding", x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)

@@ -40,12 +40,6 @@ def make_step(cfg: FSRConfig):
                             beta=cfg.beta, aux_fn=aux)
 
 
-def make_logits_fn(cfg: FSRConfig, variables):
-    """The served model: the whole network (FSR included) in evaluation mode."""
-    model = make_model(cfg)
-    return lambda x: model.apply(variables, x, train=False)
-
-
 def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:
     train, test, metrics_path, steps_per_epoch = config.start(cfg, "fsr")
     key_init, key_attack = jax.random.split(jax.random.key(cfg.seed))
@@ -66,7 +60,9 @@ def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:
                 progress=progress)
     if int(state.step) < cfg.epochs * steps_per_epoch:
         return {"stopped": "classifier", "epochs_done": int(state.step) // steps_per_epoch}
-    logits_fn = make_logits_fn(cfg, {"params": state.params, "batch_stats": state.batch_stats})
+    from jaxdefense.defenses.fsr import FSRNets, serve
+    logits_fn, _ = serve(cfg, FSRNets(make_model(cfg)),
+                         {"params": state.params, "batch_stats": state.batch_stats})
     attacks = {k: v for k, v in get_preset(cfg.attack_preset, cfg.attack_max_steps).items()
                if k in ("fgsm", "pgd", "cw")}
     return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path, progress,

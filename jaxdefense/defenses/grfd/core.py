@@ -12,8 +12,11 @@ dataset std.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,7 +142,7 @@ def make_generator_step(cfg: GRFDConfig, vae=None, rsm=None):
     """Phase I: `step(state, (x, y), key, hparams) -> (state, metrics)`; hparams['alpha'].
 
     vae, rsm: the built modules (default `make_vae(cfg)`, `make_classifier(cfg)`); any
-    variant with the same parameters (e.g. another conv_impl) computes the same step."""
+    variant with the same parameters computes the same step."""
     vae = make_vae(cfg) if vae is None else vae
     rsm = make_classifier(cfg) if rsm is None else rsm
     noise_std = cfg.rb_noise * jnp.asarray(dataset_info(cfg.dataset)["std"])
@@ -201,26 +204,6 @@ def classifier_variables(params, batch_stats) -> dict:
     return {"params": params, "batch_stats": batch_stats}
 
 
-def make_disentangle_fn(cfg: GRFDConfig, vae_vars):
-    """x -> (x_u, x_r) in evaluation mode (z = mu): deterministic, pixel units."""
-    vae = make_vae(cfg)
-
-    def disentangle(x):
-        x_u = vae.apply(vae_vars, x, train=False)["x_u"]
-        return x_u, x - x_u
-    return disentangle
-
-
-def make_defended_logits_fn(cfg: GRFDConfig, vae_vars, target_vars):
-    """The served defense, target(x - G(x)), as one differentiable `logits_fn(x)`."""
-    disentangle = make_disentangle_fn(cfg, vae_vars)
-    target = make_classifier(cfg)
-
-    def logits_fn(x):
-        return target.apply(target_vars, disentangle(x)[1], train=False)
-    return logits_fn
-
-
 @functools.lru_cache(maxsize=16)
 def _residual_apply(vae: LVCVAE):
     """(vae_vars, x) -> x_r in evaluation mode, one function per VAE architecture (flax
@@ -236,3 +219,38 @@ def disentangle_dataset(cfg: GRFDConfig, vae_vars, x: np.ndarray, batch_size: in
     calls this every epoch with new parameters and compiles nothing after the first."""
     from jaxdefense.evaluation import map_batches
     return map_batches(_residual_apply(make_vae(cfg)), x, batch_size, variables=vae_vars)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRFDNets:
+    """The served networks: the generator G (LVCVAE) and the target trained on x_r."""
+    vae: LVCVAE
+    target: nn.Module
+
+
+def build(cfg: GRFDConfig) -> GRFDNets:
+    return GRFDNets(make_vae(cfg), make_classifier(cfg))
+
+
+def restore(workdir: str, cfg: GRFDConfig, nets: GRFDNets) -> dict:
+    """{'vae': G's variables, 'target': the target's} from the newest checkpoints."""
+    from jaxdefense.checkpoint import restore_variables
+    key = jax.random.key(0)
+    gen = restore_variables(os.path.join(workdir, "generator"), init_generator_state(cfg, key, 1))
+    return {"vae": {"params": gen["params"]["vae"], "batch_stats": gen["batch_stats"]["vae"]},
+            "target": restore_variables(os.path.join(workdir, "target"),
+                                        init_target_state(cfg, key, 1))}
+
+
+def serve(cfg: GRFDConfig, nets: GRFDNets, variables):
+    """(logits_fn, parts): target(x - G(x)); parts 'disentangle' (x -> (x_u, x_r)) and
+    'classifier' (the bare target)."""
+    vae_vars, target_vars = variables["vae"], variables["target"]
+
+    def disentangle(x):
+        x_u = nets.vae.apply(vae_vars, x, train=False)["x_u"]
+        return x_u, x - x_u
+
+    classifier = lambda x: nets.target.apply(target_vars, x, train=False)
+    return (lambda x: classifier(disentangle(x)[1]),
+            {"disentangle": disentangle, "classifier": classifier})

@@ -77,7 +77,7 @@ def train_and_evaluate(cfg: GRFDConfig, progress: bool = True, defense: str = "g
 
     # The served defense, attacked end to end (white-box) with the paper's FGSM / PGD.
     target_vars = {"params": tstate.params, "batch_stats": tstate.batch_stats}
-    logits_fn = grfd.make_defended_logits_fn(cfg, vae_vars, target_vars)
+    logits_fn, _ = grfd.serve(cfg, grfd.build(cfg), {"vae": vae_vars, "target": target_vars})
     return robustness.closing_report(cfg, logits_fn, test, key_attack, metrics_path,
                                      progress)
 
@@ -87,7 +87,8 @@ def write_figures(cfg: GRFDConfig, vae_vars, test: data.Dataset, n: int = 8) -> 
     vae = grfd.make_vae(cfg)
     sub = test.take(min(len(test), 1000))
     out = evaluation.map_batches(lambda xb: vae.apply(vae_vars, xb)["mu"], sub.x)
-    x_u, x_r = jax.jit(grfd.make_disentangle_fn(cfg, vae_vars))(jnp.asarray(sub.x[:n]))
+    x_u, x_r = jax.jit(lambda xb: (lambda u: (u, xb - u))(vae.apply(vae_vars, xb)["x_u"]))(
+        jnp.asarray(sub.x[:n]))
     figs = os.path.join(cfg.workdir, "figures")
     name = type(cfg).__name__.removesuffix("Config")
     summaries.figure(cfg.workdir, plots.image_rows(

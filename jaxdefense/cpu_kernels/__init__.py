@@ -1,0 +1,160 @@
+"""CPU kernels: faster XLA:CPU formulations of a plain Flax model's layers, switched on in
+one place, without touching the model or its parameters.
+
+The models (`jaxdefense.models`) are plain Flax: `nn.Conv`, `nn.ConvTranspose` and
+`models.common.MaxPool` (a module around `nn.max_pool`). XLA:CPU runs some of these slowly
+(a small convolution with few channels, the kernel gradient of a transposed convolution,
+the gradient of max pooling), so while a function is traced inside `kernels()` (or wrapped
+by `use`), a Flax method interceptor computes these layers instead as:
+
+| layer | CPU formulation | forward mode (jvp) | reverse mode, any order |
+|---|---|---|---|
+| `nn.Conv`, stride 1, small (LeNet-5) | `conv.conv_banded`: one banded matrix product | yes | yes |
+| `nn.Conv` 4x4 stride 2 padded 1 (LVCVAE encoders) | `conv.conv_k4_s2`: batch slices, scatter-form input gradient | no (custom_vjp) | yes |
+| `nn.ConvTranspose` 4x4 stride 2 'SAME' (decoders) | `conv.conv_transpose_scatter`: one product and an overlap-add | yes | yes |
+| `MaxPool` 2x2 | `pool.max_pool_2x2`: pairwise maxima, first-maximum derivative | yes | yes |
+
+Every other layer runs as written. The values equal the plain layers' up to float summation
+order; parameters, names and checkpoints are the same either way. So `jax.jvp` / `jacfwd`
+/ `linearize` go through every model with the kernels off, and through every model but the
+LVCVAE (GRFD's and CD-VAE's generator) with them on.
+
+The switch: the environment variable JAXDEFENSE_CPU_KERNELS, read whenever a function is
+wrapped: `auto` (default) on when JAX's default backend is the CPU, off on GPU / TPU; `1`
+always on; `0` off. `training.fit`, the attacks, the evaluation helpers and served models
+(`jaxdefense.load`) wrap what they compile with `use`, so training and attacks compute the
+same formulation. The figures behind these choices are in BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import flax.linen as nn
+import jax
+
+from jaxdefense.cpu_kernels import conv, pool
+
+ENV = "JAXDEFENSE_CPU_KERNELS"
+CHOICES = ("auto", "1", "0")
+
+
+def enabled() -> bool:
+    """Whether `use` turns the kernels on (JAXDEFENSE_CPU_KERNELS; module doc)."""
+    choice = os.environ.get(ENV, "auto")
+    if choice not in CHOICES:
+        raise ValueError(f"{ENV}={choice!r}: expected one of {', '.join(CHOICES)}")
+    return choice == "1" or (choice == "auto" and jax.default_backend() == "cpu")
+
+
+def _plain(mod, cls) -> bool:
+    """The module is `cls` itself (not a subclass with its own __call__), 2-D, no mask."""
+    return (type(mod).__call__ is cls.__call__ and len(mod.kernel_size) == 2
+            and getattr(mod, "mask", None) is None
+            and all(d in (None, 1, (1, 1)) for d in (mod.kernel_dilation,
+                                                     getattr(mod, "input_dilation", None)))
+            and mod.has_variable("params", "kernel"))
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v or (1, 1))
+
+
+def _padding(padding):
+    """nn.Conv's padding as 'SAME' / 'VALID' / ((lo, hi), (lo, hi)); None if unsupported."""
+    if isinstance(padding, str):
+        return padding if padding in ("SAME", "VALID") else None
+    if isinstance(padding, int):
+        return ((padding, padding),) * 2
+    padding = tuple(padding)
+    if len(padding) != 2:
+        return None
+    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+def _conv(mod, x):
+    """nn.Conv.__call__ as a CPU kernel, or None where none applies."""
+    if x.ndim != 4 or mod.feature_group_count != 1 or not _plain(mod, nn.Conv):
+        return None
+    padding = _padding(mod.padding)
+    if padding is None:
+        return None
+    kernel = mod.get_variable("params", "kernel")
+    strides = _pair(mod.strides)
+    padding = conv.explicit_padding(x.shape, kernel.shape, strides, padding)
+    bias = mod.get_variable("params", "bias") if mod.use_bias else None
+    x, kernel, bias = mod.promote_dtype(x, kernel, bias, dtype=mod.dtype)
+    if conv.banded_fits(x.shape, kernel.shape, strides, padding):
+        y = conv.conv_banded(x, kernel, padding)
+    elif conv.is_k4_s2_p1(x.shape, kernel.shape, strides, padding):
+        y = conv.conv_k4_s2(x, kernel)
+    else:
+        return None
+    return y if bias is None else y + bias
+
+
+def _conv_transpose(mod, x):
+    """nn.ConvTranspose.__call__ (4x4, stride 2, 'SAME') as `conv_transpose_scatter`."""
+    if (x.ndim != 4 or not _plain(mod, nn.ConvTranspose) or mod.transpose_kernel
+            or tuple(mod.kernel_size) != (4, 4) or _pair(mod.strides) != (2, 2)
+            or mod.padding != "SAME"):
+        return None
+    kernel = mod.get_variable("params", "kernel")
+    bias = mod.get_variable("params", "bias") if mod.use_bias else None
+    x, kernel, bias = mod.promote_dtype(x, kernel, bias, dtype=mod.dtype)
+    y = conv.conv_transpose_scatter(x, kernel)
+    return y if bias is None else y + bias
+
+
+def _max_pool(mod, x):
+    from jaxdefense.models.common import MaxPool
+    if type(mod).__call__ is not MaxPool.__call__ or x.ndim != 4 or tuple(mod.window) != (2, 2):
+        return None
+    return pool.max_pool_2x2(x)
+
+
+def _interceptor(next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and len(args) == 1 and not kwargs:
+        mod = context.module
+        kernel = (_conv if isinstance(mod, nn.Conv) else
+                  _conv_transpose if isinstance(mod, nn.ConvTranspose) else _max_pool)
+        y = kernel(mod, args[0])
+        if y is not None:
+            return y
+    return next_fun(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def kernels():
+    """While active, functions traced compute the layers of the module doc's table with
+    the CPU kernels (whatever the backend; `use` checks the switch)."""
+    with nn.intercept_methods(_interceptor):
+        yield
+
+
+class _Use:
+    """`fn` called inside `kernels()`; equal (and hashing equal) to another wrapper of an
+    equal function, so jit caches keyed on the function (attacks' static logits_fn) hit."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        with kernels():
+            return self.fn(*args, **kwargs)
+
+    def __hash__(self):
+        return hash((_Use, self.fn))
+
+    def __eq__(self, other):
+        return isinstance(other, _Use) and other.fn == self.fn
+
+
+def use(fn):
+    """fn traced with the CPU kernels where `enabled()`, else fn itself."""
+    if isinstance(fn, _Use) or not enabled():
+        return fn
+    return _Use(fn)
+
+
+__all__ = ["CHOICES", "ENV", "conv", "enabled", "kernels", "pool", "use"]

@@ -1,0 +1,54 @@
+"""2x2 max pooling (stride 2, 'VALID') as pairwise maxima, with the derivative that
+`nn.max_pool` has: a window's derivative goes to its first maximum in row-major order.
+
+XLA:CPU runs the gradient of `reduce_window` max (select-and-scatter) slowly; here the
+forward pass keeps its three comparisons and the derivative is three selects with them.
+Values within TIE_RTOL (relative) count as tied, so that a convolution computed in another
+summation order (`conv.conv_banded`), which leaves the equal patches of a uniform background
+a few ulps apart, sends the derivative where XLA's convolution would have. A custom_jvp:
+forward mode, reverse mode and both to any order.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Relative gap below which two pooled values count as tied (2^-19, about 16 float32 ulps):
+# the banded product rounds an output by its column within the block, so equal patches of
+# MNIST's normalized background give a first layer's outputs up to ~8 ulps apart.
+TIE_RTOL = 2.0 ** -19
+
+
+def _beats(later, first):
+    """Whether `later` is larger than `first` by more than TIE_RTOL (relative)."""
+    return later - first > TIE_RTOL * jnp.maximum(jnp.abs(later), jnp.abs(first))
+
+
+def _windows(x):
+    b, h, w, c = x.shape
+    q = x.reshape(b, h // 2, 2, w // 2, 2, c)
+    return q[:, :, 0, :, 0], q[:, :, 0, :, 1], q[:, :, 1, :, 0], q[:, :, 1, :, 1]
+
+
+@jax.custom_jvp
+def _pool(x):
+    a, b, c, d = _windows(x)
+    return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+
+
+@_pool.defjvp
+def _pool_jvp(primals, tangents):
+    x, = primals
+    a, b, c, d = _windows(x)
+    top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
+    right_top, right_bottom, lower = _beats(b, a), _beats(d, c), _beats(bottom, top)
+    ta, tb, tc, td = _windows(tangents[0])
+    t = jnp.where(lower, jnp.where(right_bottom, td, tc), jnp.where(right_top, tb, ta))
+    return jnp.maximum(top, bottom), t
+
+
+def max_pool_2x2(x):
+    """2x2 max pooling, stride 2, 'VALID', of NHWC x (an odd last row / column is dropped):
+    `nn.max_pool(x, (2, 2), (2, 2))`'s values and derivative (module doc)."""
+    _, h, w, _ = x.shape
+    return _pool(x[:, :h - h % 2, :w - w % 2])

@@ -1,0 +1,80 @@
+"""The defense registry: every defense is reached the same way (preset, build, train,
+restore, serve), and `jaxdefense.load`, `eval.table3` and `train.*` go through it."""
+import dataclasses
+import importlib
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import jaxdefense
+from jaxdefense import data, table3
+from jaxdefense.defenses import registry
+
+SURFACE = ("Config", "PRESETS", "preset", "train_and_evaluate", "build", "restore", "serve")
+
+# One training step per phase: a batch of 32 digits, one epoch, tiny networks.
+STEP = dict(limit_train=32, limit_eval=32, batch_size=32, epochs=1, lenet_width=0.25,
+            attack_examples=8, attack_max_steps=1, eval_every=0)
+TINY = {"grfd": dict(z_dim=8, vae_base=4), "cdvae": dict(z_dim=8, vae_base=4),
+        "smoothing": dict(n0=8, n=16, chunk=16, certify_examples=4, served_draws=2),
+        "arn": dict(purifier_batch_size=32, purifier_epochs=1, arn_base=4, z_dim=8),
+        "idfr": dict(purifier_batch_size=32, purifier_epochs=1, fr_epochs=1, unet_base=4),
+        "apegan": dict(purifier_batch_size=32, purifier_epochs=1, apegan_base=4),
+        "diffpure": dict(purifier_batch_size=32, purifier_epochs=1, reverse_steps=2)}
+
+
+def test_every_defense_has_the_registry_surface_and_a_preset_per_dataset():
+    assert sorted(registry.DEFENSES) == sorted(
+        ["standard", "grfd", "cdvae", "smoothing", "gradreg", "fsr", "arn", "idfr", "apegan",
+         "diffpure"])
+    for name, entry in registry.DEFENSES.items():
+        for attr in SURFACE:
+            assert hasattr(entry.api, attr), f"{name} lacks {attr}"
+        for dataset in ("mnist", "cifar10", "cifar100", "digits"):
+            cfg = entry.preset(dataset)
+            assert isinstance(cfg, entry.Config) and cfg.dataset == dataset
+    with pytest.raises(ValueError, match="unknown defense 'nope'; choose one of"):
+        registry.get("nope")
+
+
+def test_train_commands_and_the_table_read_the_registry():
+    for name in registry.DEFENSES:
+        cmd = importlib.import_module(f"train.{name}")
+        with pytest.raises(SystemExit) as e:
+            cmd.main(["--help"])
+        assert e.value.code == 0
+    for defense, (make_preset, run) in table3.trainers().items():
+        assert make_preset == registry.get(defense).preset
+        assert run == registry.get(defense).train_and_evaluate
+
+
+QUICK = ("standard", "gradreg", "smoothing")      # the others take 20-90 s each: slow suite
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(registry.DEFENSES)])
+def test_every_defense_trains_restores_and_serves(name, tmp_path):
+    """Through the registry alone: the digits preset, one training step per phase, then
+    `jaxdefense.load` (build, restore, serve) gives the model the run reported on."""
+    entry = registry.get(name)
+    fields = {f.name for f in dataclasses.fields(entry.Config)}
+    over = {k: v for k, v in {**STEP, **TINY.get(name, {})}.items() if k in fields}
+    cfg = entry.preset("digits", True, workdir=str(tmp_path / name), **over)
+    out = entry.train_and_evaluate(cfg, progress=False)
+    assert "stopped" not in out, out
+    model = jaxdefense.load(cfg.workdir)
+    assert model.defense == name and model.stochastic == entry.stochastic
+    test = data.load("digits", cfg.eval_split).take(8)
+    logits = np.asarray(model(test.x))
+    assert logits.shape == (8, 10) and np.all(np.isfinite(logits))
+    nets = entry.build(cfg)
+    variables = entry.restore(cfg.workdir, cfg, nets)
+    logits_fn, parts = entry.serve(cfg, nets, variables)
+    direct = logits_fn(test.x, jax.random.key(0)) if entry.stochastic else logits_fn(test.x)
+    np.testing.assert_allclose(np.asarray(direct), logits, rtol=1e-4, atol=1e-4)
+    assert "classifier" in parts
+    with open(os.path.join(cfg.workdir, "results.json")) as f:
+        assert json.load(f)          # the run wrote its report
