@@ -33,9 +33,10 @@ try:      # as the command lines run (a commit whose import did this itself has 
     setup_process()
 except ImportError:
     pass
-try:      # the step compiled as training.fit compiles it
-    from jaxdefense.cpu_kernels import use
-except ImportError:
+import os
+if os.path.isdir(os.path.join(sys.argv[1], "jaxdefense", "cpu_kernels")):
+    from jaxdefense.cpu_kernels import use    # the step compiled as training.fit compiles it
+else:     # (an editable install would otherwise find the package of the working tree)
     use = lambda fn: fn
 from jaxdefense import attacks
 from jaxdefense.models import LeNet5
@@ -62,9 +63,10 @@ try:      # as the command lines run (a commit whose import did this itself has 
     setup_process()
 except ImportError:
     pass
-try:      # the step compiled as training.fit compiles it
-    from jaxdefense.cpu_kernels import use
-except ImportError:
+import os
+if os.path.isdir(os.path.join(sys.argv[1], "jaxdefense", "cpu_kernels")):
+    from jaxdefense.cpu_kernels import use    # the step compiled as training.fit compiles it
+else:     # (an editable install would otherwise find the package of the working tree)
     use = lambda fn: fn
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import preset

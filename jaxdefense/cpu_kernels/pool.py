@@ -2,7 +2,9 @@
 `nn.max_pool` has: a window's derivative goes to its first maximum in row-major order.
 
 XLA:CPU runs the gradient of `reduce_window` max (select-and-scatter) slowly; here the
-forward pass keeps its three comparisons and the derivative is three selects with them.
+forward pass keeps its three comparisons, the derivative selects with them, and its
+transpose (reverse mode) is written out as selects and a reshape (`linear_call`), which
+XLA:CPU runs faster than the transpose JAX would derive.
 Values within TIE_RTOL (relative) count as tied, so that a convolution computed in another
 summation order (`conv.conv_banded`), which leaves the equal patches of a uniform background
 a few ulps apart, sends the derivative where XLA's convolution would have. A custom_jvp:
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import linear_call
 
 # Relative gap below which two pooled values count as tied (2^-19, about 16 float32 ulps):
 # the banded product rounds an output by its column within the block, so equal patches of
@@ -36,15 +39,32 @@ def _pool(x):
     return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
+def _select(choices, t):
+    """The derivative: each window's tangent at its chosen element."""
+    right_top, right_bottom, lower = choices
+    ta, tb, tc, td = _windows(t)
+    return jnp.where(lower, jnp.where(right_bottom, td, tc), jnp.where(right_top, tb, ta))
+
+
+def _scatter(choices, g):
+    """`_select`'s transpose: each window's cotangent to its chosen element, zeros elsewhere."""
+    right_top, right_bottom, lower = choices
+    zero = jnp.zeros_like(g)
+    split = lambda take, gg: (jnp.where(take, zero, gg), jnp.where(take, gg, zero))
+    g_top, g_bottom = split(lower, g)
+    row = lambda gg, right: jnp.stack(split(right, gg), 3)            # [B, h/2, w/2, 2, C]
+    out = jnp.stack([row(g_top, right_top), row(g_bottom, right_bottom)], 2)
+    b, h2, _, w2, _, c = out.shape
+    return out.reshape(b, 2 * h2, 2 * w2, c)
+
+
 @_pool.defjvp
 def _pool_jvp(primals, tangents):
     x, = primals
     a, b, c, d = _windows(x)
     top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
-    right_top, right_bottom, lower = _beats(b, a), _beats(d, c), _beats(bottom, top)
-    ta, tb, tc, td = _windows(tangents[0])
-    t = jnp.where(lower, jnp.where(right_bottom, td, tc), jnp.where(right_top, tb, ta))
-    return jnp.maximum(top, bottom), t
+    choices = (_beats(b, a), _beats(d, c), _beats(bottom, top))
+    return jnp.maximum(top, bottom), linear_call(_select, _scatter, choices, tangents[0])
 
 
 def max_pool_2x2(x):
