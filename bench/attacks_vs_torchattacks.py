@@ -147,7 +147,7 @@ def main():
         return torch.autograd.grad(loss, xb)[0]
 
     jax_input_gradient = jax.jit(jax.grad(
-        lambda xb, yb: ja.losses.get_loss("ce")(cpu_kernels.use(f)(xb), yb).sum()))
+        lambda xb, yb: ja.losses.get_loss("ce")(cpu_kernels.use(f, "rounding")(xb), yb).sum()))
     suite = {
         # one step's work for the gradient attacks: the LeNet-5's cross-entropy gradient
         # with respect to the images (what PGD's and APGD's iterations are made of)

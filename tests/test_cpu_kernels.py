@@ -34,9 +34,9 @@ def _user_net(size=16):
     return m, m.init(jax.random.key(1), x), x
 
 
-def _on(f):
+def _on(f, ties="exact"):
     def g(*a):
-        with cpu_kernels.kernels():
+        with cpu_kernels.kernels(ties):
             return f(*a)
     return g
 
@@ -185,20 +185,27 @@ def test_pool_derivative_goes_to_the_first_maximum_as_nn_max_pool(shape):
         np.testing.assert_array_equal(a, b)
 
 
-def test_pool_counts_values_within_the_tolerance_as_tied():
+def test_pool_ties_exact_or_within_the_rounding_tolerance():
+    """ties='exact': a one-ulp larger later value takes the derivative; 'rounding' (the
+    attacks): values within TIE_RTOL go to the first, farther ones to the larger."""
     one_up = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
     x = jnp.array([[1.0, one_up], [0.0, 0.0]]).reshape(1, 2, 2, 1)
     far = x.at[0, 0, 1, 0].set(1.0 + 4 * pool.TIE_RTOL)
-    grad = lambda xx: np.asarray(jax.grad(lambda z: pool.max_pool_2x2(z).sum())(xx))[0, :, :, 0]
-    np.testing.assert_array_equal(grad(x), [[1.0, 0.0], [0.0, 0.0]])
-    np.testing.assert_array_equal(grad(far), [[0.0, 1.0], [0.0, 0.0]])
+    m = MaxPool()
+    grad = lambda xx, ties: np.asarray(jax.grad(_on(lambda z: m.apply({}, z).sum(), ties))(xx))
+    np.testing.assert_array_equal(grad(x, "exact")[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(grad(x, "rounding")[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(grad(far, "rounding")[0, :, :, 0], [[0.0, 1.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="ties must be one of exact, rounding"):
+        cpu_kernels.use(lambda z: z, ties="loose")
 
 
 def test_uniform_background_keeps_the_first_maximum():
     """A uniform background (MNIST's zeros, normalized inside the model) gives equal
     first-layer outputs, which the banded product rounds apart by a few ulps by column:
-    the input gradient with the kernels equals the plain model's (where XLA's convolution
-    leaves them equal and the pool's derivative goes to the first maximum)."""
+    with ties='rounding' (the attacks') the input gradient with the kernels equals the
+    plain model's (where XLA's convolution leaves them equal and the pool's derivative goes
+    to the first maximum)."""
     m = LeNet5(num_classes=10)
     x = jnp.zeros((8, 28, 28, 1)).at[:, 8:20, 10:18].set(
         jax.random.uniform(jax.random.key(0), (8, 12, 8, 1)))
@@ -209,7 +216,7 @@ def test_uniform_background_keeps_the_first_maximum():
     params = {**params, "Conv_0": {"kernel": kernel, "bias": jnp.zeros(6)}}
     y = jnp.arange(8) % 10
     loss = lambda xx: attacks.losses.get_loss("ce")(m.apply({"params": params}, xx), y).sum()
-    ref, got = jax.jit(jax.grad(loss))(x), jax.jit(jax.grad(_on(loss)))(x)
+    ref, got = jax.jit(jax.grad(loss))(x), jax.jit(jax.grad(_on(loss, "rounding")))(x)
     scale = jnp.abs(ref).reshape(8, -1).max(1)
     np.testing.assert_array_less(jnp.abs(got - ref).reshape(8, -1).max(1), 1e-4 * scale)
 
@@ -227,6 +234,7 @@ def test_one_switch_for_attacks_and_training(monkeypatch):
     monkeypatch.setenv(cpu_kernels.ENV, "1")
     use = cpu_kernels.use
     assert use(f) == use(f) and hash(use(f)) == hash(use(f)) and use(use(f)) == use(f)
+    assert use(f, "rounding") != use(f) and use(use(f), "rounding") == use(f, "rounding")
     adv = attacks.pgd(f, x, y, jax.random.key(0), eps=0.1, steps=3)
     seen = list(traces)
     assert seen and all(c == 1 for c in seen)     # traced with the kernels

@@ -225,7 +225,7 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps:
         raise ValueError(f"targets must have shape {y.shape}, got {targets.shape}")
     if buckets is not None:
         check_buckets(buckets)
-    f, eps = cpu_kernels.use(logits_fn), jnp.float32(eps)
+    f, eps = cpu_kernels.use(logits_fn, "rounding"), jnp.float32(eps)
     run = lambda x, y, k, t, n: _fab_t(f, x, y, k, eps, norm.name, steps, n, t, int(restarts),
                                        jnp.float32(alpha_max), jnp.float32(eta),
                                        jnp.float32(beta))

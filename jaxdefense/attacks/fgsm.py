@@ -23,8 +23,8 @@ def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce", eot_samples
         raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
     if stochastic and key is None:
         raise ValueError("a stochastic model needs a key")
-    return _fgsm(cpu_kernels.use(logits_fn), x, y, key, jnp.float32(eps), loss, eot_samples,
-                 stochastic)
+    f = cpu_kernels.use(logits_fn, "rounding")      # input gradients: XLA's tie rule
+    return _fgsm(f, x, y, key, jnp.float32(eps), loss, eot_samples, stochastic)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "loss", "eot_samples", "stochastic"))

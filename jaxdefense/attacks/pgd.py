@@ -44,7 +44,7 @@ def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, ste
         get_loss(loss)
     if restarts < 1 or eot_samples < 1:
         raise ValueError(f"restarts and eot_samples must be >= 1, got {restarts}, {eot_samples}")
-    return _pgd(cpu_kernels.use(logits_fn), x, y, key, jnp.float32(eps),
+    return _pgd(cpu_kernels.use(logits_fn, "rounding"), x, y, key, jnp.float32(eps),
                 jnp.float32(step_size), steps, random_start, restarts, loss, eot_samples, stochastic, start_std, return_last,
                 get_norm(norm))
 

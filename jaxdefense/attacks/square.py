@@ -85,7 +85,7 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
                              f"are h // 5 wide), got shape {x.shape}")
         table = tuple(map(jnp.asarray, _l2_table(float(p_init), *x.shape[1:])))
     rescale = bool(rescale_schedule)
-    logits_fn = cpu_kernels.use(logits_fn)
+    logits_fn = cpu_kernels.use(logits_fn, "rounding")
     eps, p_init = jnp.float32(eps), jnp.float32(p_init)
     ids = jnp.arange(len(x))
     x_best, loss_best = _square_init(logits_fn, x, y, key, eps, ids, norm)

@@ -23,11 +23,23 @@ The switch: the environment variable JAXDEFENSE_CPU_KERNELS, read whenever a fun
 wrapped: `auto` (default) on when JAX's default backend is the CPU, off on GPU / TPU; `1`
 always on; `0` off. `training.fit`, the attacks, the evaluation helpers and served models
 (`jaxdefense.load`) wrap what they compile with `use`, so training and attacks compute the
-same formulation. The figures behind these choices are in BENCHMARKS.md.
+same formulation.
+
+Max-pool ties, the one setting (`use(fn, ties=...)`): the banded product rounds the equal
+patches of a uniform background (MNIST's) a few ulps apart, so which element of a tied
+window takes the derivative depends on that rounding. `ties="exact"` (the default; training)
+sends it to the first of the exactly equal maxima, as flax does with the values computed:
+parameter gradients do not depend on which of two equal patches takes it, and GRFD's L_rb,
+whose noisy inputs have true near-ties, stays closest to a float64 reference.
+`ties="rounding"` (the attacks) counts values within `pool.TIE_RTOL` = 2^-19 as tied, so
+the input gradient goes where XLA's convolution would send it: within 5e-7 of torch's on
+real MNIST instead of up to 39% off. docs/attacks.md has the measurements; the figures
+behind the kernels' speed are in BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 
 import flax.linen as nn
@@ -37,6 +49,8 @@ from jaxdefense.cpu_kernels import conv, pool
 
 ENV = "JAXDEFENSE_CPU_KERNELS"
 CHOICES = ("auto", "1", "0")
+TIES = {"exact": 0.0, "rounding": pool.TIE_RTOL}     # `use(fn, ties=...)`: the pool's rtol
+_pool_rtol = contextvars.ContextVar("jaxdefense_cpu_kernels_pool_rtol", default=0.0)
 
 
 def enabled() -> bool:
@@ -110,7 +124,7 @@ def _max_pool(mod, x):
     from jaxdefense.models.common import MaxPool
     if type(mod).__call__ is not MaxPool.__call__ or x.ndim != 4 or tuple(mod.window) != (2, 2):
         return None
-    return pool.max_pool_2x2(x)
+    return pool.max_pool_2x2(x, _pool_rtol.get())
 
 
 def _interceptor(next_fun, args, kwargs, context):
@@ -124,37 +138,53 @@ def _interceptor(next_fun, args, kwargs, context):
     return next_fun(*args, **kwargs)
 
 
+def _check_ties(ties: str) -> float:
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {', '.join(TIES)}, got {ties!r}")
+    return TIES[ties]
+
+
 @contextlib.contextmanager
-def kernels():
+def kernels(ties: str = "exact"):
     """While active, functions traced compute the layers of the module doc's table with
-    the CPU kernels (whatever the backend; `use` checks the switch)."""
-    with nn.intercept_methods(_interceptor):
-        yield
+    the CPU kernels (whatever the backend; `use` checks the switch); `ties`: the module
+    doc's max-pool setting (innermost context wins)."""
+    token = _pool_rtol.set(_check_ties(ties))
+    try:
+        with nn.intercept_methods(_interceptor):
+            yield
+    finally:
+        _pool_rtol.reset(token)
 
 
 class _Use:
-    """`fn` called inside `kernels()`; equal (and hashing equal) to another wrapper of an
-    equal function, so jit caches keyed on the function (attacks' static logits_fn) hit."""
+    """`fn` called inside `kernels(ties)`; equal (and hashing equal) to another wrapper of
+    an equal function and setting, so jit caches keyed on the function (attacks' static
+    logits_fn) hit."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, ties: str):
+        self.fn, self.ties = fn, ties
 
     def __call__(self, *args, **kwargs):
-        with kernels():
+        with kernels(self.ties):
             return self.fn(*args, **kwargs)
 
     def __hash__(self):
-        return hash((_Use, self.fn))
+        return hash((_Use, self.fn, self.ties))
 
     def __eq__(self, other):
-        return isinstance(other, _Use) and other.fn == self.fn
+        return isinstance(other, _Use) and (other.fn, other.ties) == (self.fn, self.ties)
 
 
-def use(fn):
-    """fn traced with the CPU kernels where `enabled()`, else fn itself."""
-    if isinstance(fn, _Use) or not enabled():
+def use(fn, ties: str = "exact"):
+    """fn traced with the CPU kernels where `enabled()`, else fn itself. ties: 'exact'
+    (training, evaluation) or 'rounding' (input gradients: the attacks); module doc."""
+    _check_ties(ties)
+    if not enabled():
         return fn
-    return _Use(fn)
+    if isinstance(fn, _Use):
+        return fn if fn.ties == ties else _Use(fn.fn, ties)
+    return _Use(fn, ties)
 
 
-__all__ = ["CHOICES", "ENV", "conv", "enabled", "kernels", "pool", "use"]
+__all__ = ["CHOICES", "ENV", "TIES", "conv", "enabled", "kernels", "pool", "use"]

@@ -4,13 +4,18 @@
 XLA:CPU runs the gradient of `reduce_window` max (select-and-scatter) slowly; here the
 forward pass keeps its three comparisons, the derivative selects with them, and its
 transpose (reverse mode) is written out as selects and a reshape (`linear_call`), which
-XLA:CPU runs faster than the transpose JAX would derive.
-Values within TIE_RTOL (relative) count as tied, so that a convolution computed in another
-summation order (`conv.conv_banded`), which leaves the equal patches of a uniform background
-a few ulps apart, sends the derivative where XLA's convolution would have. A custom_jvp:
-forward mode, reverse mode and both to any order.
+XLA:CPU runs faster than the transpose JAX would derive. A custom_jvp: forward mode,
+reverse mode and both to any order.
+
+`rtol`: values within rtol (relative) of each other count as tied (0: exactly equal ones).
+TIE_RTOL undoes the rounding of a convolution computed in another summation order
+(`conv.conv_banded`), which leaves the equal patches of a uniform background a few ulps
+apart: the input gradient then goes where XLA's convolution would have sent it (the
+attacks use it; `cpu_kernels.use(..., ties="rounding")`).
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +27,11 @@ from jax.custom_derivatives import linear_call
 TIE_RTOL = 2.0 ** -19
 
 
-def _beats(later, first):
-    """Whether `later` is larger than `first` by more than TIE_RTOL (relative)."""
-    return later - first > TIE_RTOL * jnp.maximum(jnp.abs(later), jnp.abs(first))
+def _beats(later, first, rtol: float):
+    """Whether `later` is larger than `first` by more than rtol (relative)."""
+    if not rtol:
+        return later > first
+    return later - first > rtol * jnp.maximum(jnp.abs(later), jnp.abs(first))
 
 
 def _windows(x):
@@ -33,8 +40,8 @@ def _windows(x):
     return q[:, :, 0, :, 0], q[:, :, 0, :, 1], q[:, :, 1, :, 0], q[:, :, 1, :, 1]
 
 
-@jax.custom_jvp
-def _pool(x):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _pool(x, rtol):
     a, b, c, d = _windows(x)
     return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
@@ -59,16 +66,17 @@ def _scatter(choices, g):
 
 
 @_pool.defjvp
-def _pool_jvp(primals, tangents):
+def _pool_jvp(rtol, primals, tangents):
     x, = primals
     a, b, c, d = _windows(x)
     top, bottom = jnp.maximum(a, b), jnp.maximum(c, d)
-    choices = (_beats(b, a), _beats(d, c), _beats(bottom, top))
+    choices = (_beats(b, a, rtol), _beats(d, c, rtol), _beats(bottom, top, rtol))
     return jnp.maximum(top, bottom), linear_call(_select, _scatter, choices, tangents[0])
 
 
-def max_pool_2x2(x):
+def max_pool_2x2(x, rtol: float = 0.0):
     """2x2 max pooling, stride 2, 'VALID', of NHWC x (an odd last row / column is dropped):
-    `nn.max_pool(x, (2, 2), (2, 2))`'s values and derivative (module doc)."""
+    `nn.max_pool(x, (2, 2), (2, 2))`'s values and derivative, ties within `rtol` (module
+    doc)."""
     _, h, w, _ = x.shape
-    return _pool(x[:, :h - h % 2, :w - w % 2])
+    return _pool(x[:, :h - h % 2, :w - w % 2], float(rtol))
