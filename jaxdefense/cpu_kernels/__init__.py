@@ -12,12 +12,15 @@ by `use`), a Flax method interceptor computes these layers instead as:
 | `nn.Conv`, stride 1, small (LeNet-5) | `conv.conv_banded`: one banded matrix product | yes | yes |
 | `nn.Conv` 4x4 stride 2 padded 1 (LVCVAE encoders) | `conv.conv_k4_s2`: batch slices, scatter-form input gradient | no (custom_vjp) | yes |
 | `nn.ConvTranspose` 4x4 stride 2 'SAME' (decoders) | `conv.conv_transpose_scatter`: one product and an overlap-add | yes | yes |
-| `MaxPool` 2x2 | `pool.max_pool_2x2`: pairwise maxima, first-maximum derivative | yes | yes |
+| `MaxPool` 2x2 | `pool.max_pool_2x2`: pairwise maxima, first-maximum derivative | no (custom_vjp) | yes |
 
 Every other layer runs as written. The values equal the plain layers' up to float summation
 order; parameters, names and checkpoints are the same either way. So `jax.jvp` / `jacfwd`
-/ `linearize` go through every model with the kernels off, and through every model but the
-LVCVAE (GRFD's and CD-VAE's generator) with them on.
+/ `linearize` go through every model with the kernels off (JAXDEFENSE_CPU_KERNELS=0), and
+with them on through the models without a 2x2 max pool or a 4x4 stride-2 convolution
+(WideResNet, ResNet-18, the DiffPure score network, IDFR's U-Net, APE-GAN's discriminator;
+not LeNet-5, VGG16-BN, the LVCVAE, APE-GAN's generator, ARN's encoder). The pool's module
+doc says what forward mode would cost there.
 
 The switch: the environment variable JAXDEFENSE_CPU_KERNELS, read whenever a function is
 wrapped: `auto` (default) on when JAX's default backend is the CPU, off on GPU / TPU; `1`
