@@ -17,7 +17,7 @@ never fooled (or misclassified from the start) keep x. Restart r > 0 starts from
 clip(x + eps / 2 * t / |t|, 0, 1), t ~ U[-1, 1]^d (Linf) or N(0, I) (L2).
 
 The math is the reference's, step for step (checked against it by
-bench/fab_vs_reference.py). Differences are only in how it runs: a stage (one target class)
+tests/test_reference_agreement.py). Differences are only in how it runs: a stage (one target class)
 is one `lax.fori_loop` over a batch with all state per sample, selected by `jnp.where`
 (points fooled within the stage are computed on and their results discarded, so the output
 is the same). Between target classes, as the reference, only the still-robust points go on:
@@ -26,7 +26,7 @@ the reference indexes boolean-mask subsets); inside jit (or buckets=None) the (t
 restart) stages are one `lax.scan` over the whole batch and a stage is skipped
 (`lax.cond`) once no point is left. The projections find the same displacement as the
 reference's without its sort (a bisection on the step length; see `projection_linf`), within
-float32 rounding (bench/fab_vs_reference.py: 1.2e-7 Linf, 5.4e-7 L2 at d = 3072).
+float32 rounding (tests/test_reference_agreement.py: 1.2e-7 Linf, 5.4e-7 L2 at d = 3072).
 Random starts (restarts > 1 only) use jax.random, not torch's generator; classes with tied
 logits may be ranked in another order (stable argsort). Cost per stage: `steps` gradient
 evaluations plus `steps + 1` forward passes, and per step one projection of 2B rows (x_k
@@ -99,7 +99,7 @@ def projection_linf(t, w, b):
     linear in lam with breakpoints p_i. The reference's `projection_linf` sorts the p_i and
     binary-searches the segment holding lam*; here a bisection on lam finds it without a
     sort (XLA:CPU's sort was most of FAB's time) and lam* is solved on that segment: the
-    same displacement up to float32 rounding (bench/fab_vs_reference.py).
+    same displacement up to float32 rounding (tests/test_reference_agreement.py).
     """
     c = jnp.sum(w * t, axis=1) - b
     sign = jnp.where(c >= 0, 1.0, -1.0)

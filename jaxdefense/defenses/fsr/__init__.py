@@ -6,41 +6,28 @@ The core's names are re-exported here: `from jaxdefense.defenses import fsr; fsr
 with `Config`, `PRESETS`, `preset`, `build`, `restore`, `serve` and `train_and_evaluate`, the
 package is the defense's registry entry.
 """
-import dataclasses
 import os
-
-import flax.linen as nn
 
 from jaxdefense.defenses.fsr.config import PRESETS, FSRConfig, preset
 from jaxdefense.defenses.fsr.core import (FSR, INFERENCE_FEATURES, ConvStack, aux_loss, sown,
                                           top_wrong_class)
+from jaxdefense.defenses.standard import ClassifierNets, serve  # noqa: F401  (the same)
 
 Config = FSRConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class FSRNets:
+def build(cfg: FSRConfig) -> ClassifierNets:
     """The classifier with FSR modules inside."""
-    classifier: nn.Module
-
-
-def build(cfg: FSRConfig) -> FSRNets:
     from jaxdefense.defenses.fsr.train import make_model
-    return FSRNets(make_model(cfg))
+    return ClassifierNets(make_model(cfg))
 
 
-def restore(workdir: str, cfg: FSRConfig, nets: FSRNets) -> dict:
+def restore(workdir: str, cfg: FSRConfig, nets: ClassifierNets) -> dict:
     import jax
     from jaxdefense.checkpoint import restore_variables
     from jaxdefense.defenses.fsr.train import init_state
     return restore_variables(os.path.join(workdir, "classifier"),
                              init_state(cfg, jax.random.key(0), 1))
-
-
-def serve(cfg: FSRConfig, nets: FSRNets, variables):
-    """(logits_fn, parts): the whole network (FSR included) in evaluation mode."""
-    logits_fn = lambda x: nets.classifier.apply(variables, x, train=False)
-    return logits_fn, {"classifier": logits_fn}
 
 
 def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:

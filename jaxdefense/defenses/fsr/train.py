@@ -60,8 +60,8 @@ def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:
                 progress=progress)
     if int(state.step) < cfg.epochs * steps_per_epoch:
         return {"stopped": "classifier", "epochs_done": int(state.step) // steps_per_epoch}
-    from jaxdefense.defenses.fsr import FSRNets, serve
-    logits_fn, _ = serve(cfg, FSRNets(make_model(cfg)),
+    from jaxdefense.defenses.standard import ClassifierNets, serve
+    logits_fn, _ = serve(cfg, ClassifierNets(make_model(cfg)),
                          {"params": state.params, "batch_stats": state.batch_stats})
     attacks = {k: v for k, v in get_preset(cfg.attack_preset, cfg.attack_max_steps).items()
                if k in ("fgsm", "pgd", "cw")}
