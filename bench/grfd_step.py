@@ -236,7 +236,8 @@ def rb_agreement(cfg, torch_grfd) -> dict:
     def mean_rb(params, x_r):
         l_rb = grfd.robustness_loss(rsm, {"params": params}, x_r, x_r, y, key, cfg.rb_samples, std)
         return l_rb.mean(), l_rb
-    (_, l_rb), (g_params, g_x) = jax.jit(jax.value_and_grad(mean_rb, (0, 1), has_aux=True))(
+    (_, l_rb), (g_params, g_x) = jax.jit(cpu_kernels.use(jax.value_and_grad(
+        mean_rb, (0, 1), has_aux=True)))(
         state.params["rsm"], x_r)
     vae, trsm = torch_grfd.from_flax(cfg, state.params, state.batch_stats)
     xr = _torch(x_r, True).requires_grad_()
