@@ -36,8 +36,8 @@ parameter gradients do not depend on which of two equal patches takes it, and GR
 whose noisy inputs have true near-ties, stays closest to a float64 reference.
 `ties="rounding"` (the attacks) counts values within `pool.TIE_RTOL` = 2^-19 as tied, so
 the input gradient goes where XLA's convolution would send it: within 1e-5 of torch's on
-real MNIST (bench/attacks_vs_torchattacks.py) instead of up to 39% off. docs/attacks.md has the measurements; the figures
-behind the kernels' speed are in BENCHMARKS.md.
+real MNIST (bench/attacks_vs_torchattacks.py) instead of up to 39% off. docs/attacks.md has
+the measurements; the figures behind the kernels' speed are in BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ import flax.linen as nn
 import jax
 
 from jaxdefense.cpu_kernels import conv, pool
+from jaxdefense.models.common import MaxPool
 
 ENV = "JAXDEFENSE_CPU_KERNELS"
 CHOICES = ("auto", "1", "0")
@@ -124,20 +125,23 @@ def _conv_transpose(mod, x):
 
 
 def _max_pool(mod, x):
-    from jaxdefense.models.common import MaxPool
+    """MaxPool.__call__ (2x2 windows) as `pool.max_pool_2x2` with the context's ties."""
     if type(mod).__call__ is not MaxPool.__call__ or x.ndim != 4 or tuple(mod.window) != (2, 2):
         return None
     return pool.max_pool_2x2(x, _pool_rtol.get())
 
 
+_KERNELS = ((nn.Conv, _conv), (nn.ConvTranspose, _conv_transpose), (MaxPool, _max_pool))
+
+
 def _interceptor(next_fun, args, kwargs, context):
     if context.method_name == "__call__" and len(args) == 1 and not kwargs:
-        mod = context.module
-        kernel = (_conv if isinstance(mod, nn.Conv) else
-                  _conv_transpose if isinstance(mod, nn.ConvTranspose) else _max_pool)
-        y = kernel(mod, args[0])
-        if y is not None:
-            return y
+        for cls, kernel in _KERNELS:
+            if isinstance(context.module, cls):
+                y = kernel(context.module, args[0])
+                if y is not None:
+                    return y
+                break
     return next_fun(*args, **kwargs)
 
 

@@ -164,6 +164,4 @@ def restore(workdir: str, cfg: APEGANConfig, nets) -> dict:
 
 def serve(cfg: APEGANConfig, nets, variables):
     """(logits_fn, parts): target(G(x))."""
-    pv = variables["purifier"]
-    return purification.serve_purified(
-        nets, variables["target"], make_purifier(nets.purifier, pv["params"], pv["batch_stats"]))
+    return purification.serve_restored(make_purifier, nets, variables)

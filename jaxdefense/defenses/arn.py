@@ -200,6 +200,4 @@ def restore(workdir: str, cfg: ARNConfig, nets) -> dict:
 
 def serve(cfg: ARNConfig, nets, variables):
     """(logits_fn, parts): target(G(E(x)))."""
-    pv = variables["purifier"]
-    return purification.serve_purified(
-        nets, variables["target"], make_purifier(nets.purifier, pv["params"], pv["batch_stats"]))
+    return purification.serve_restored(make_purifier, nets, variables)

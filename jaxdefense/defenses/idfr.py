@@ -86,6 +86,11 @@ def init_fr_state(cfg: IDFRConfig, key, embedding_dim: int) -> TrainState:
                              tx=optax.adam(cfg.purifier_lr))
 
 
+def modules(cfg: IDFRConfig) -> dict:
+    """IDFR's own networks: the image denoiser 'id' and the feature restorer 'fr'."""
+    return {"id": make_unet(cfg), "fr": FeatureRestorer(cfg.fr_depth)}
+
+
 def make_denoiser(cfg: IDFRConfig, id_vars):
     unet = make_unet(cfg)
     return lambda x: unet.apply(id_vars, x)
@@ -195,14 +200,13 @@ def train_and_evaluate(cfg: IDFRConfig, progress: bool = True) -> dict:
     if int(fr_state.step) < cfg.fr_epochs * spe:
         return {"stopped": "fr"}
     fr_vars = {"params": fr_state.params, "batch_stats": fr_state.batch_stats}
-    logits_fn, _ = make_logits_fn(purification.PurifierNets(
-        {"id": make_unet(cfg), "fr": FeatureRestorer(cfg.fr_depth)}, target_model), id_vars,
-        fr_vars, target_vars)
+    logits_fn, _ = make_logits_fn(purification.PurifierNets(modules(cfg), target_model), id_vars,
+                                  fr_vars, target_vars)
     return purification.closing_report(cfg, denoise, ready, progress, served=logits_fn)
 
 
 def build(cfg: IDFRConfig) -> purification.PurifierNets:
-    return purification.build_nets(cfg, {"id": make_unet(cfg), "fr": FeatureRestorer(cfg.fr_depth)})
+    return purification.build_nets(cfg, modules(cfg))
 
 
 def restore(workdir: str, cfg: IDFRConfig, nets) -> dict:

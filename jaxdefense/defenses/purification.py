@@ -23,12 +23,11 @@ from tqdm.auto import tqdm
 from jaxdefense import config, evaluation, files, plots, summaries
 from jaxdefense.attacks import losses as attack_losses
 from jaxdefense.attacks import fgsm, pgd
-from jaxdefense.checkpoint import CheckpointError, load_config
+from jaxdefense.checkpoint import CheckpointError, load_config, restore_variables
 from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
 from jaxdefense.defenses import standard
 from jaxdefense.evaluation import padded_batch_size
-from jaxdefense.training import Checkpoints
 
 SEEN_ATTACKS = ("pgd", "pgd_targeted", "fgsm")
 
@@ -95,9 +94,8 @@ def target_dir(cfg: PurificationConfig) -> str:
 def restore_target(cfg: PurificationConfig):
     """(model, variables) of the trained target."""
     tcfg = target_config(cfg)
-    state = Checkpoints(target_dir(cfg)).restore(standard.init_state(tcfg, jax.random.key(0), 1))
-    return config.make_classifier(tcfg), {"params": state.params,
-                                          "batch_stats": state.batch_stats}
+    return config.make_classifier(tcfg), restore_variables(
+        target_dir(cfg), standard.init_state(tcfg, jax.random.key(0), 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +120,15 @@ def serve_purified(nets: PurifierNets, target_vars, purify, keyed: bool = False)
     else:
         logits_fn = lambda x: classifier(purify(x))
     return logits_fn, {"classifier": classifier, "purify": purify}
+
+
+def serve_restored(make_purifier, nets: PurifierNets, variables):
+    """`serve_purified` of a purifier whose `restore` gave {'purifier': {'params',
+    'batch_stats'}, 'target': ...}, its purify function from
+    make_purifier(nets.purifier, params, batch_stats) (ARN, APE-GAN)."""
+    pv = variables["purifier"]
+    return serve_purified(nets, variables["target"],
+                          make_purifier(nets.purifier, pv["params"], pv["batch_stats"]))
 
 
 def train_target(cfg: PurificationConfig, train, test, metrics_path, progress=True):

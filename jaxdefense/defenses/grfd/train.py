@@ -87,8 +87,8 @@ def write_figures(cfg: GRFDConfig, vae_vars, test: data.Dataset, n: int = 8) -> 
     vae = grfd.make_vae(cfg)
     sub = test.take(min(len(test), 1000))
     out = evaluation.map_batches(lambda xb: vae.apply(vae_vars, xb)["mu"], sub.x)
-    x_u, x_r = jax.jit(lambda xb: (lambda u: (u, xb - u))(vae.apply(vae_vars, xb)["x_u"]))(
-        jnp.asarray(sub.x[:n]))
+    x_u = jax.jit(lambda xb: vae.apply(vae_vars, xb)["x_u"])(jnp.asarray(sub.x[:n]))
+    x_r = sub.x[:n] - np.asarray(x_u)
     figs = os.path.join(cfg.workdir, "figures")
     name = type(cfg).__name__.removesuffix("Config")
     summaries.figure(cfg.workdir, plots.image_rows(
