@@ -1,4 +1,5 @@
-"""GPU run book: the figures issue 11 asks for, in one run, on whatever accelerator jax sees.
+"""GPU run book: the real-size step and attack figures in one run, on whatever accelerator
+jax sees.
 
     python bench/gpu.py                         # on a GPU machine: the real sizes
     python bench/gpu.py --smoke                 # anywhere: tiny sizes, checks the script runs

@@ -19,8 +19,7 @@ order; parameters, names and checkpoints are the same either way. So `jax.jvp` /
 / `linearize` go through every model with the kernels off (JAXDEFENSE_CPU_KERNELS=0), and
 with them on through the models without a 2x2 max pool or a 4x4 stride-2 convolution
 (WideResNet, ResNet-18, the DiffPure score network, IDFR's U-Net, APE-GAN's discriminator;
-not LeNet-5, VGG16-BN, the LVCVAE, APE-GAN's generator, ARN's encoder). The pool's module
-doc says what forward mode would cost there.
+not LeNet-5, VGG16-BN, the LVCVAE, APE-GAN's generator, ARN's encoder).
 
 The switch: the environment variable JAXDEFENSE_CPU_KERNELS, read whenever a function is
 wrapped: `auto` (default) on when JAX's default backend is the CPU, off on GPU / TPU; `1`

@@ -4,11 +4,7 @@
 XLA:CPU runs the gradient of `reduce_window` max (select-and-scatter) slowly; here the
 forward pass keeps its three comparisons and the backward pass sends each window's
 cotangent to the chosen element with selects and a reshape. A custom_vjp: reverse mode to
-any order (GRFD's L_rb differentiates the input gradient again), no forward mode. A
-custom_jvp with the same backward pass as the transpose of its derivative
-(`jax.custom_derivatives.linear_call`) gives forward mode too, but made GRFD's K = 4 step
-about 5% slower (239 against 225 ms, two interleaved runs); without the written-out
-transpose, LeNet-5's input gradient took 9.1 against 6.6 ms.
+any order (GRFD's L_rb differentiates the input gradient again), no forward mode.
 
 `rtol`: values within rtol (relative) of each other count as tied (0: exactly equal ones).
 TIE_RTOL undoes the rounding of a convolution computed in another summation order
