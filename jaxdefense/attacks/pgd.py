@@ -25,7 +25,7 @@ from jaxdefense import cpu_kernels
 def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, steps: int = 10,
         random_start: bool = True, restarts: int = 1, loss="ce",
         eot_samples: int = 1, stochastic: bool = False, start_std: float | None = None,
-        return_last: bool = False, norm: str = "Linf"):
+        return_last: bool = False, norm: str = "Linf", target=None):
     """Untargeted PGD in the Linf or L2 (`norm`) eps-ball. step_size (same units as eps)
     defaults to 2.5 * eps / steps (Madry et al.).
 
@@ -35,6 +35,9 @@ def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, ste
     `eotpgd`). start_std: a Gaussian random start with this std (TRADES: 0.001) instead of
     the uniform one. return_last: the last iterate instead of the best point (what
     adversarial-training references use; cheaper, no extra forward pass).
+
+    target: [B] classes for targeted PGD (advertorch's `targeted=True`): the step descends
+    `loss(logits, target)` and a point succeeds once it is classified as its target.
     """
     check_budget(eps, steps=steps)
     step_size = 2.5 * eps / steps if step_size is None else step_size
@@ -42,11 +45,13 @@ def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, ste
     check_images(x, y)
     if not callable(loss):
         get_loss(loss)
+    if target is not None and target.shape != y.shape:
+        raise ValueError(f"target must have shape {y.shape}, got {target.shape}")
     if restarts < 1 or eot_samples < 1:
         raise ValueError(f"restarts and eot_samples must be >= 1, got {restarts}, {eot_samples}")
     return _pgd(cpu_kernels.use(logits_fn, "rounding"), x, y, key, jnp.float32(eps),
-                jnp.float32(step_size), steps, random_start, restarts, loss, eot_samples, stochastic, start_std, return_last,
-                get_norm(norm))
+                jnp.float32(step_size), steps, random_start, restarts, loss, eot_samples,
+                stochastic, start_std, return_last, get_norm(norm), target)
 
 
 def eotpgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None,
@@ -63,11 +68,23 @@ def eotpgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None,
                                    "eot_samples", "stochastic", "start_std", "return_last",
                                    "norm"))
 def _pgd(logits_fn, x, y, key, eps, step_size, steps, random_start, restarts, loss,
-         eot_samples, stochastic, start_std, return_last, norm):
-    loss_fn = loss if callable(loss) else get_loss(loss)
+         eot_samples, stochastic, start_std, return_last, norm, target=None):
+    base = loss if callable(loss) else get_loss(loss)
+    if target is None:
+        loss_fn, label = base, y
+
+        def fooled(logits):
+            return jnp.argmax(logits, 1) != y
+    else:   # maximize -loss(., target); success is reaching the target
+        def loss_fn(logits, t):
+            return -base(logits, t)
+        label = target
+
+        def fooled(logits):
+            return jnp.argmax(logits, 1) == target
 
     def evaluate(xa, k):
-        return loss_and_grad(logits_fn, loss_fn, xa, y, k, eot_samples, stochastic)
+        return loss_and_grad(logits_fn, loss_fn, xa, label, k, eot_samples, stochastic)
 
     def start(k):
         if not random_start:
@@ -86,13 +103,13 @@ def _pgd(logits_fn, x, y, key, eps, step_size, steps, random_start, restarts, lo
         def body(i, state):
             xa, best = state
             losses, logits, g = evaluate(xa, jax.random.fold_in(k_steps, i))
-            best = keep_best(xa, losses, jnp.argmax(logits, 1) != y, best)
+            best = keep_best(xa, losses, fooled(logits), best)
             return step(xa, g), best
 
         xa, best = jax.lax.fori_loop(0, steps, body, (x0, best))
         # the last iterate is a candidate too
         logits = call_logits(logits_fn, xa, jax.random.fold_in(k_steps, steps), stochastic)
-        return keep_best(xa, loss_fn(logits, y), jnp.argmax(logits, 1) != y, best), None
+        return keep_best(xa, loss_fn(logits, label), fooled(logits), best), None
 
     if return_last:   # one run, the last iterate (restarts are ignored)
         def plain(i, xa):

@@ -21,7 +21,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxdefense import config, evaluation, files, plots, summaries
-from jaxdefense.attacks import losses as attack_losses
 from jaxdefense.attacks import fgsm, pgd
 from jaxdefense.checkpoint import CheckpointError, load_config, restore_variables
 from jaxdefense.config import ExperimentConfig
@@ -152,8 +151,7 @@ def craft_one(logits_fn, x, y, key, name: str, cfg: PurificationConfig):
         return pgd(logits_fn, x, y, key, **budget)
     k = logits_fn(x).shape[-1]
     target = (y + jax.random.randint(jax.random.fold_in(key, 1), y.shape, 1, k)) % k
-    return pgd(logits_fn, x, target, key,
-               loss=lambda logits, t: -attack_losses.cross_entropy(logits, t), **budget)
+    return pgd(logits_fn, x, y, key, target=target, **budget)
 
 
 def craft_set(logits_fn, x: np.ndarray, y: np.ndarray, key, cfg: PurificationConfig,
