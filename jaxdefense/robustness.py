@@ -67,16 +67,30 @@ def craft_fn(name: str, params: dict, stochastic: bool):
     AutoAttack runs its 'rand' version; attacks without gradients to average (Square, FAB)
     see one fixed draw. On a deterministic model one draw is exact: `eot_samples` is dropped
     (EOT-PGD runs with one).
+
+    An entry may name its attack function (`attack`: a key of `attacks.ATTACKS`, for entries
+    such as 'pgd_eps2' or 'cw') and ask for a targeted attack (`targeted=True`): each
+    example then gets a random wrong class as its target (`random_targets`, from the
+    attack's key), as advertorch's examples choose them.
     """
-    base = ALIASES.get(name, name)
-    fn = attack_lib.ATTACKS[base]
     params = dict(params)
+    base = params.pop("attack", None) or ALIASES.get(name, name)
+    if base not in attack_lib.ATTACKS:
+        raise ValueError(f"unknown attack {base!r} (entry {name!r}); choose one of "
+                         f"{sorted(attack_lib.ATTACKS)}")
+    if params.pop("targeted", False):
+        inner = craft_fn(name, {**params, "attack": base}, stochastic)
+
+        def targeted(f, x, y, k):
+            return inner(f, x, y, k, target=random_targets(f, x, y, k, stochastic))
+        return targeted
+    fn = attack_lib.ATTACKS[base]
     if not stochastic:
         params.pop("eot_samples", None)     # one draw is exact on a deterministic model
         if base == "eotpgd":
             params["eot_samples"] = 1
-            return lambda f, x, y, k: fn(_ignore_key(f), x, y, k, **params)
-        return lambda f, x, y, k: fn(f, x, y, k, **params)
+            return lambda f, x, y, k, **kw: fn(_ignore_key(f), x, y, k, **params, **kw)
+        return lambda f, x, y, k, **kw: fn(f, x, y, k, **params, **kw)
     params.setdefault("eot_samples", EOT_SAMPLES)
     if base == "autoattack":
         params.setdefault("version", "rand")
@@ -84,8 +98,19 @@ def craft_fn(name: str, params: dict, stochastic: bool):
         params["stochastic"] = True
     elif base != "eotpgd":
         params.pop("eot_samples")
-        return lambda f, x, y, k: fn(fixed_key(f), x, y, k, **params)
-    return lambda f, x, y, k: fn(f, x, y, k, **params)
+        return lambda f, x, y, k, **kw: fn(fixed_key(f), x, y, k, **params, **kw)
+    return lambda f, x, y, k, **kw: fn(f, x, y, k, **params, **kw)
+
+
+TARGET_STREAM = 0x5EED      # fold_in constant of the targets' key (attacks split theirs)
+
+
+def random_targets(logits_fn, x, y, key, stochastic: bool = False):
+    """[B] a class other than y per example, uniform, from its own stream of `key`."""
+    args = (x, key) if stochastic else (x,)
+    classes = jax.eval_shape(logits_fn, *args).shape[-1]
+    shift = jax.random.randint(jax.random.fold_in(key, TARGET_STREAM), y.shape, 1, classes)
+    return (y + shift) % classes
 
 
 SCORE_STREAM = 0x7FFFFFFF   # fold_in constant of the scoring draws' own key stream

@@ -75,7 +75,7 @@ def test_defense_clis_list_their_options_and_reject_bad_input(tmp_path):
     r = _run("train.arn", "--dataset=digits", "--target_workdir=/nonexistent",
              f"--workdir={tmp_path / 'a'}")
     assert r.returncode == 2 and "not a jaxdefense workdir" in r.stderr
-    r = _run("train.idfr", "--dataset=digits", "--seen_attacks=ddn", f"--workdir={tmp_path / 'i'}")
+    r = _run("train.idfr", "--dataset=digits", "--seen_attacks=jsma", f"--workdir={tmp_path / 'i'}")
     assert r.returncode == 2 and "seen_attacks" in r.stderr
 
 

@@ -153,7 +153,7 @@ def test_every_column_builds_for_every_dataset(tmp_path):
     for dataset in table3.DATASETS:
         for smoke in (False, True):
             plan = table3.plan_columns(str(tmp_path / dataset), dataset, smoke, {}, {})
-            assert set(plan) == {c.trains for c in table3.COLUMNS}
+            assert set(plan) == {c.run for c in table3.COLUMNS}
             for p in plan.values():
                 assert p.cfg.dataset == dataset and p.workdir.startswith(str(tmp_path))
             assert plan["apegan"].cfg.target_workdir == plan["standard"].workdir
@@ -180,7 +180,7 @@ def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
     assert plan(over={"epochs": 1}, only={"none"})["standard"].cfg.epochs == 1
     with pytest.raises(ValueError, match=r"other settings \{'epochs': '1 -> 3'\}"):
         plan(over={"epochs": 3}, only={"none"})                    # finished, then --epochs
-    with pytest.raises(ValueError, match=r"--set names fields no column has: \['z_dimm'\]"):
+    with pytest.raises(ValueError, match=r"--set names fields no run has: \['z_dimm'\]"):
         plan(over={"epochs": 1, "z_dimm": 8}, user_keys=("z_dimm",))
     # a field of a column not chosen this time is not a typo
     assert plan(over={"epochs": 1, "z_dim": 8}, user_keys=("z_dim",), only={"none"})

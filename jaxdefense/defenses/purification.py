@@ -21,14 +21,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxdefense import config, evaluation, files, plots, summaries
-from jaxdefense.attacks import fgsm, pgd
+from jaxdefense.attacks import ddn, fgsm, pgd
 from jaxdefense.checkpoint import CheckpointError, load_config, restore_variables
 from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
 from jaxdefense.defenses import standard
 from jaxdefense.evaluation import padded_batch_size
 
-SEEN_ATTACKS = ("pgd", "pgd_targeted", "fgsm")
+SEEN_ATTACKS = ("pgd", "pgd_targeted", "fgsm", "ddn")
 
 
 @dataclasses.dataclass
@@ -39,7 +39,7 @@ class PurificationConfig(ExperimentConfig):
     attack_eps: float = 0.3
     attack_step_size: float = 0.01
     attack_steps: int = 40
-    seen_attacks: str = "pgd,pgd_targeted"   # comma list of pgd, pgd_targeted, fgsm
+    seen_attacks: str = "pgd,pgd_targeted"   # comma list of pgd, pgd_targeted, fgsm, ddn
     # the purifier
     purifier_epochs: int = 100
     purifier_lr: float = 1e-4
@@ -142,9 +142,13 @@ def train_target(cfg: PurificationConfig, train, test, metrics_path, progress=Tr
 
 
 def craft_one(logits_fn, x, y, key, name: str, cfg: PurificationConfig):
-    """One seen attack on a batch: untargeted PGD, PGD toward a random wrong class, or FGSM."""
+    """One seen attack on a batch: untargeted PGD, PGD toward a random wrong class, FGSM,
+    or untargeted DDN (advertorch's defaults: 100 steps, gamma 0.05; ARN's 'DP' purifiers
+    see it; an L2 minimum-norm attack, not bounded by attack_eps)."""
     if name == "fgsm":
         return fgsm(logits_fn, x, y, key, eps=cfg.attack_eps)
+    if name == "ddn":
+        return ddn(logits_fn, x, y, key)
     budget = dict(eps=cfg.attack_eps, step_size=cfg.attack_step_size, steps=cfg.attack_steps,
                   return_last=True)
     if name == "pgd":

@@ -1,0 +1,518 @@
+"""One engine for every paper's table (`spec.Spec`): plan and train the runs under one root,
+attack every system on the same examples under the paper's protocol and the adaptive
+white-box attack, keep each system's measurement as soon as it is done, render the table
+with the published values beside the measured cells.
+
+Protocols (`spec.PROTOCOLS`): transfer from the undefended run; white-box on the model; a
+fixed noise draw without EOT; crafted on the bare target then sent through the defense;
+BPDA through a purifier; crafted on another run's pipeline (gray-box). The adaptive row of
+every system is the white-box attack on the whole served pipeline (EOT over randomness,
+BPDA through non-differentiable stages), each cell the per-example worst of it and the
+paper's attack, the worst case over every attack run on the example. Randomized systems
+count an example as right only if right on every one of `eval_draws` draws.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+
+from jaxdefense import files, plots, robustness
+from jaxdefense.tables.spec import PROTOCOLS, Spec, System
+
+EVAL_DRAWS = 4      # randomized systems: right on every one of this many draws (smoke: 2)
+CHECKS_STREAM = 10_000      # fold_in constant of the checks' keys (the reports use < 1000)
+
+
+def kind(dataset: str) -> str:
+    return "mnist" if dataset in ("mnist", "digits") else "cifar"
+
+
+def finished(workdir: str) -> bool:
+    return os.path.isfile(os.path.join(workdir, "results.json"))
+
+
+@dataclasses.dataclass
+class Planned:
+    """One run of a table: its defense, workdir, and the config it trains with (None when
+    taken from --existing)."""
+    defense: str
+    workdir: str
+    cfg: object = None
+
+
+def _split_rows(split: str, size: int, limit=None) -> range:
+    """The rows of its base split that a `split` such as 'test[:8000]' names, first `limit`."""
+    from jaxdefense.data.sources import parse_split
+    _, lo, hi = parse_split(split)
+    rows = range(size)[slice(lo, hi)]
+    return rows[:limit] if limit is not None else rows
+
+
+@functools.lru_cache(maxsize=8)
+def _split_size(dataset: str, base: str, data_dir) -> int:
+    """Examples in a base split, read once per process however many runs a table checks."""
+    from jaxdefense import data
+    return len(data.load(dataset, base, data_dir))
+
+
+def check_disjoint(dataset: str, data_dir, train_split: str, limit_train, eval_split: str,
+                   examples: int, who: str) -> None:
+    """Refuse a run whose training rows include attacked examples (same base split and
+    overlapping rows; differently named splits are disjoint)."""
+    from jaxdefense.data.sources import parse_split
+    base = parse_split(eval_split)[0]
+    if parse_split(train_split)[0] != base:
+        return
+    size = _split_size(dataset, base, data_dir)
+    train_rows = _split_rows(train_split, size, limit_train)
+    eval_rows = _split_rows(eval_split, size, examples)
+    both = set(train_rows) & set(eval_rows)
+    if both:
+        raise ValueError(f"{who} trains on {train_split!r} (first {limit_train}), which holds "
+                         f"{len(both)} of the {len(eval_rows)} attacked examples of "
+                         f"{eval_split!r}: choose disjoint --train_split and --eval_split")
+
+
+def plan(spec: Spec, root: str, dataset: str, smoke: bool, overrides: dict, existing: dict,
+         only=None, user_keys=(), examples: int = 500) -> dict:
+    """Everything checked before anything trains: run -> Planned for the runs the systems
+    of `only` (default: all) need, the source run first. Each config is the run's defense
+    preset for `dataset`, the table's fields for the run, then `overrides` (fields a defense
+    lacks are skipped), and must validate; a workdir that already holds a run must hold this
+    one (else ValueError: a changed --set or --epochs is never ignored); an --existing
+    purifier must sit in front of the source run's model; `user_keys` (the --set keys) must
+    each be a field of some run of the table; no run may train on the attacked examples
+    (the first `examples` of the source run's eval split)."""
+    from jaxdefense import checkpoint, config
+    from jaxdefense.defenses import registry
+    if dataset not in spec.datasets:
+        raise ValueError(f"{spec.title} has no {dataset} setting; choose from "
+                         f"{list(spec.datasets)}")
+    unknown = set(existing) - set(spec.runs)
+    if unknown:
+        raise ValueError(f"--existing names unknown runs {sorted(unknown)}; choose from "
+                         f"{sorted(spec.runs)}")
+    systems = [s for s in spec.systems if only is None or s.name in only]
+    out, seen_fields = {}, set()
+    for name in spec.runs_of(systems):
+        r = spec.runs[name]
+        if name in existing:
+            out[name] = Planned(r.defense, existing[name])
+            continue
+        workdir = os.path.join(root, name)
+        try:
+            cfg = registry.get(r.defense).preset(dataset, smoke)
+        except ValueError as e:
+            raise ValueError(f"run {name!r} cannot run on {dataset}: {e}") from None
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        seen_fields |= fields
+        extra = {**r.fields(kind(dataset)),
+                 **{k: v for k, v in overrides.items() if k in fields}}
+        cfg = dataclasses.replace(cfg, workdir=workdir, **extra)
+        try:    # the purifiers' target is the source run, which may not exist yet
+            dataclasses.replace(cfg, **({"target_workdir": None} if "target_workdir" in fields
+                                        else {})).validate()
+        except ValueError as e:
+            raise ValueError(f"run {name!r}: {e}") from None
+        if "target_workdir" in fields:
+            cfg = dataclasses.replace(cfg, target_workdir=out[spec.source].workdir)
+        config.check_workdir(cfg, r.defense)
+        out[name] = Planned(r.defense, workdir, cfg)
+    if user_keys:           # the runs not chosen count too
+        for name, r in spec.runs.items():
+            if name not in out:
+                seen_fields |= {f.name for f in dataclasses.fields(
+                    registry.get(r.defense).preset(dataset, smoke))}
+    bad = set(user_keys) - seen_fields
+    if bad:
+        raise ValueError(f"--set names fields no run has: {sorted(bad)}")
+    source = out[spec.source]
+    source_dir = os.path.realpath(source.workdir)
+    std = (dataclasses.asdict(source.cfg) if source.cfg is not None
+           else checkpoint.load_config(source.workdir)[1])
+    for name, p in out.items():
+        saved = dataclasses.asdict(p.cfg) if p.cfg is not None else \
+            checkpoint.load_config(p.workdir)[1]
+        if p.cfg is None and "target_workdir" in saved:
+            target = saved.get("target_workdir")
+            if not target or os.path.realpath(target) != source_dir:
+                raise ValueError(f"--existing {name}:{p.workdir} purifies for the target "
+                                 f"in {target or p.workdir + '/target'}, not the source "
+                                 f"run's model in {source.workdir}: the table needs both "
+                                 f"in front of the same network")
+        check_disjoint(dataset, std.get("data_dir"), saved["train_split"],
+                       saved.get("limit_train"), std["eval_split"], examples,
+                       f"{name} ({p.workdir})")
+    return out
+
+
+def train(planned: dict, progress: bool = True) -> dict:
+    """Train (or resume) every planned run without a results.json, in plan order (the source
+    first). Returns run -> workdir."""
+    from jaxdefense.defenses import registry
+    for name, p in planned.items():
+        if p.cfg is None or finished(p.workdir):
+            continue
+        if progress:
+            print(f"== training {name} ({p.defense}) in {p.workdir}", flush=True)
+        out = registry.get(p.defense).train_and_evaluate(p.cfg, progress=progress)
+        if "stopped" in out:
+            raise RuntimeError(f"{name} stopped early in {p.workdir} ({out}); run again "
+                               f"to resume")
+    return {name: p.workdir for name, p in planned.items()}
+
+
+def system_models(spec: Spec, system: System, models: dict, dataset: str,
+                  eval_draws: int = EVAL_DRAWS):
+    """(paper Models, adaptive Models, paper threat) for a system from loaded models (run ->
+    DefendedClassifier); a randomized system is scored on `eval_draws` draws under both."""
+    from jaxdefense.defenses import preprocessing
+    none = models[spec.source]
+    if system.preprocess:
+        pre = system.preprocess[kind(dataset)]
+        served = preprocessing.preprocessed(none.logits_fn, pre, use_bpda=False)
+        adaptive = robustness.Models(served=preprocessing.preprocessed(none.logits_fn, pre))
+        return robustness.Models(served=served, source=none.logits_fn), adaptive, "transfer"
+    model = models[system.run]
+    draws = eval_draws if model.stochastic else 1
+    adaptive = robustness.Models(served=model.logits_fn, stochastic=model.stochastic,
+                                 eval_draws=draws)
+    protocol = system.protocol
+    if protocol == "whitebox":
+        return adaptive, adaptive, "whitebox"
+    if protocol == "fixed-draw":
+        return (robustness.Models(served=model.logits_fn,
+                                  source=robustness.fixed_key(model.logits_fn),
+                                  stochastic=True, eval_draws=draws), adaptive, "transfer")
+    if protocol == "target-only":
+        return (robustness.Models(served=model.logits_fn, classifier=_part(model, "classifier"),
+                                  stochastic=model.stochastic, eval_draws=draws),
+                adaptive, "target-only")
+    if protocol == "bpda":
+        source = _bpda_pipeline(model)
+    elif protocol == "from":
+        source = models[system.crafted_on].logits_fn
+        if models[system.crafted_on].stochastic:
+            source = robustness.fixed_key(source)
+    else:
+        source = none.logits_fn
+    return (robustness.Models(served=model.logits_fn, source=source,
+                              stochastic=model.stochastic, eval_draws=draws),
+            adaptive, "transfer")
+
+
+def _part(model, name: str):
+    if name not in model.parts:
+        raise ValueError(f"{model.defense} serves no {name!r} stage (it has "
+                         f"{sorted(model.parts)}): the protocol needs one")
+    return model.parts[name]
+
+
+@functools.lru_cache(maxsize=16)
+def _bpda_cached(purify, classifier):
+    from jaxdefense.attacks.bpda import bpda
+    stage = bpda(purify)
+    return lambda x: classifier(stage(x))
+
+
+def _bpda_pipeline(model):
+    """classifier(purify(x)) with the purifier's gradient replaced by the identity; cached
+    per model so the attacks compile once."""
+    return _bpda_cached(_part(model, "purify"), _part(model, "classifier"))
+
+
+def _with_avg(spec: Spec, result: dict) -> dict:
+    row = {k: result[k] for k in spec.attack_order if k in result}
+    if spec.average:
+        row["avg"] = float(np.mean(list(row.values()))) if row else None
+    row["worst_case"] = result["worst_case"]
+    return row
+
+
+def fingerprint(spec: Spec, system: System, workdirs: dict, x, y, attacks: dict, key,
+                batch_size: int, eval_draws: int = EVAL_DRAWS, checks=True) -> str:
+    """What a system's measurement depends on: the examples, the attacks, the key, the batch,
+    the evaluation draws, the checks (False, or their PGD settings), the finished runs it
+    loads (their results.json, rewritten by any retraining; keyed by run name) and the
+    measuring code (`files.code_digest`: the package version and the attack, defense and
+    model source)."""
+    h = hashlib.sha256()
+    runs = {}
+    for d in sorted({r for r in (system.run, spec.source, system.crafted_on) if r}):
+        path = os.path.join(workdirs[d], "results.json")
+        runs[d] = hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) \
+            else os.path.abspath(workdirs[d])
+    h.update(json.dumps(dict(column=system.name, attacks=attacks, batch_size=batch_size,
+                             key=np.asarray(jax.random.key_data(key)).tolist(), runs=runs,
+                             eval_draws=eval_draws, checks=checks, code=files.code_digest()),
+                        sort_keys=True).encode())
+    h.update(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(y, np.int64)).tobytes())
+    return h.hexdigest()
+
+
+def _bits(a) -> str:
+    return "".join("1" if v else "0" for v in np.asarray(a, bool))
+
+
+def combine(spec: Spec, paper: dict, adaptive: dict) -> dict:
+    """The adaptive row from the per-example results of both protocols (`robustness.report`
+    with per_example): each attack the per-example worst of its white-box run and its
+    papers'-protocol run, the worst case over every attack of both, clean from both."""
+    pe_p, pe_a = paper["per_example"], adaptive["per_example"]
+    worst = pe_p["clean"] & pe_a["clean"]
+    row = {"clean": adaptive["clean"]}
+    for name in spec.attack_order:
+        runs = [v for pe in (pe_p, pe_a) for k, v in pe.items() if k.endswith("/" + name)]
+        if runs:
+            ok = np.logical_and.reduce(runs)
+            row[name] = float(ok.mean())
+            worst &= ok
+    return {**_with_avg(spec, {**row, "worst_case": float(worst.mean())}),
+            "clean": row["clean"]}
+
+
+def checks(spec: Spec, models, x, y, key, pgd: dict, whitebox: dict, paper: dict,
+           num_classes: int, batch_size: int = 256, n: int = 128) -> list:
+    """Carlini et al.'s checks on a system's served pipeline ({'check', 'passed', 'detail'}
+    each): white-box <= the papers' protocol per attack (the white-box runs alone), PGD
+    accuracy does not rise with eps (eps / 2, eps, 2 eps, on the first `n` examples), and an
+    unbounded PGD (eps 0.5, 20 steps, capped like `pgd`) reaches chance + 0.1."""
+    out = []
+    for name in spec.attack_order:
+        if name in whitebox and name in paper and whitebox is not paper:
+            out.append(dict(check=f"white-box <= papers' protocol ({spec.labels[name]})",
+                            passed=bool(whitebox[name] <= paper[name] + 1e-9),
+                            detail=f"{100 * whitebox[name]:.1f} vs {100 * paper[name]:.1f}"))
+    xs, ys = x[:n], y[:n]
+    predict = robustness.make_predict(models.served, models.stochastic, models.eval_draws)
+
+    def acc(params, i):
+        ok, _ = robustness.correct_under(
+            models.served, models.stochastic, models.served,
+            robustness.craft_fn("pgd", params, models.stochastic), xs, ys,
+            jax.random.fold_in(key, i), batch_size, eval_draws=models.eval_draws,
+            predict=predict)
+        return float(ok.mean())
+
+    pgd = {k: v for k, v in pgd.items() if k not in ("attack", "targeted")}
+    eps = pgd["eps"]
+    sweep = [acc(dict(pgd, eps=e * eps, step_size=pgd.get("step_size", eps / 4) * e), i)
+             for i, e in enumerate((0.5, 1.0, 2.0))]
+    tol = 1.0 / len(xs)
+    out.append(dict(check="PGD accuracy does not rise with eps",
+                    passed=bool(sweep[0] + tol >= sweep[1] and sweep[1] + tol >= sweep[2]),
+                    detail=" / ".join(f"{100 * a:.1f}" for a in sweep) +
+                    f" at eps {eps * 255 / 2:g} / {eps * 255:g} / {2 * eps * 255:g} (/255)"))
+    steps = min(20, pgd.get("steps", 20))
+    big = acc(dict(eps=0.5, step_size=0.05, steps=steps,
+                   eot_samples=pgd.get("eot_samples", robustness.EOT_SAMPLES)), 3)
+    chance = 1.0 / num_classes
+    out.append(dict(check=f"unbounded PGD (eps 0.5, {steps} steps) reaches chance",
+                    passed=bool(big <= chance + 0.1),
+                    detail=f"{100 * big:.1f} (chance {100 * chance:.1f})"))
+    return out
+
+
+def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
+             batch_size: int = 256, progress: bool = True, only=None,
+             cache_dir: Optional[str] = None, eval_draws: int = EVAL_DRAWS,
+             run_checks: bool = True, check_pgd: Optional[dict] = None) -> dict:
+    """Per system: status, paper-protocol and adaptive rows {clean, attacks..., avg,
+    worst_case} (`combine`), the white-box runs alone ('whitebox_only'), the sanity checks
+    (`checks` with the PGD settings `check_pgd`, with `run_checks`) and the per-example
+    results ('per_example', '0'/'1' per example). The adaptive run is skipped where it is
+    the paper's (same attack). With `cache_dir`, each finished system is written to
+    cache_dir/<system>.json and taken from there by a later call with the same examples,
+    attacks, key, draws, runs and code, so a table that stopped part-way resumes at the
+    first unfinished system."""
+    import jaxdefense
+    models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
+    num_classes = models[spec.source].num_classes
+    out = {}
+    for i, system in enumerate(spec.systems):
+        if only is not None and system.name not in only:
+            continue
+        k = jax.random.fold_in(key, i)
+        cached = None
+        if cache_dir is not None:
+            cached = os.path.join(cache_dir, f"{system.name}.json")
+            stamp = fingerprint(spec, system, workdirs, x, y, attacks, k, batch_size,
+                                eval_draws, check_pgd if run_checks else False)
+            if os.path.isfile(cached):
+                with open(cached) as f:
+                    earlier = json.load(f)
+                if earlier.get("fingerprint") == stamp:
+                    if progress:
+                        print(f"== {system.label}: measured earlier ({cached})", flush=True)
+                    out[system.name] = earlier["column"]
+                    continue
+        protocol = PROTOCOLS[system.protocol] + (
+            f" ({system.crafted_on})" if system.crafted_on else "")
+        entry = {"label": system.label, "paper_protocol": protocol}
+        paper_m, adaptive_m, threat = system_models(spec, system, models, dataset, eval_draws)
+        if progress:
+            print(f"== attacking {system.label}", flush=True)
+        paper = robustness.report(paper_m, x, y, k, attacks, (threat,), batch_size, progress,
+                                  per_example=True)
+        paper_row = {"clean": paper["clean"], **_with_avg(spec, paper[threat])}
+        if paper_m is adaptive_m:
+            adaptive = paper
+            wb_row = paper_row
+        else:
+            adaptive = robustness.report(adaptive_m, x, y, k, attacks,
+                                         ("whitebox",), batch_size, progress, per_example=True)
+            wb_row = {"clean": adaptive["clean"], **_with_avg(spec, adaptive["whitebox"])}
+        rows = {"paper": paper_row, "adaptive": combine(spec, paper, adaptive),
+                "whitebox_only": wb_row,
+                "per_example": {p: {k2: _bits(v) for k2, v in r["per_example"].items()}
+                                for p, r in (("paper", paper), ("adaptive", adaptive))}}
+        if run_checks and check_pgd is not None:
+            if progress:
+                print(f"== checking {system.label}", flush=True)
+            rows["checks"] = checks(spec, adaptive_m, x, y,
+                                    jax.random.fold_in(k, CHECKS_STREAM), check_pgd, wb_row,
+                                    paper_row, num_classes, batch_size)
+        jax.clear_caches()      # this system's compiled attacks are not used again
+        served = (f"{system.preprocess[kind(dataset)]} in front of {spec.source}"
+                  if system.preprocess else models[system.run].defense)
+        out[system.name] = {**entry, "status": "measured",
+                            "workdir": workdirs.get(system.run),
+                            "eval_draws": adaptive_m.eval_draws, "served": served, **rows}
+        if cached is not None:
+            files.write_json(cached, {"fingerprint": stamp, "column": out[system.name]})
+    return out
+
+
+def rows(spec: Spec) -> tuple:
+    return ("clean", *spec.attack_order, *(("avg",) if spec.average else ()), "worst_case")
+
+
+def differences(spec: Spec, columns: dict, values: dict, shown_avg: bool = True) -> dict:
+    """{system: {protocol: {row: measured - published}}} in accuracy [0, 1] for every cell
+    the paper reports ('avg' only when `shown_avg`: all the attacks ran)."""
+    out = {}
+    for c, col in columns.items():
+        pub = values.get(c, {})
+        for protocol in ("paper", "adaptive"):
+            row = col.get(protocol) or {}
+            out.setdefault(c, {})[protocol] = {
+                r: row[r] - pub[r] for r in rows(spec) if row.get(r) is not None and
+                pub.get(r) is not None and (r != "avg" or shown_avg)}
+    return out
+
+
+def _cell(spec: Spec, measured: dict, row: str, paper: dict) -> str:
+    """'78.2 (76.6, +1.6)': measured, then the published value and the difference, in the
+    table's metric (accuracy or error, %)."""
+    def shown(v):
+        return 100 * (1 - v) if spec.metric == "error" else 100 * v
+    v = measured.get(row)
+    text = "-" if v is None else f"{shown(v):.1f}"
+    p = paper.get(row)
+    if p is None:
+        return text
+    diff = "" if v is None else f", {shown(v) - shown(p):+.1f}"
+    return text + f" ({shown(p):.{2 if spec.metric == 'error' else 1}f}{diff})"
+
+
+def _label(spec: Spec, row: str, n: int) -> str:
+    label = {"clean": "Clean" if spec.metric == "accuracy" else "None (clean)", "avg": "Avg",
+             "worst_case": "Worst case", **spec.labels}[row]
+    if row == "avg":
+        label += f" ({n} attack{'s' * (n != 1)})"
+    return label
+
+
+def markdown(spec: Spec, table: dict) -> str:
+    """The table in the paper's layout, cells 'measured (published, measured - published)'
+    in the table's metric where the paper reports one, under the papers' protocol and under
+    the adaptive attack; the sanity checks that failed after them."""
+    cols = list(table["columns"])
+    draws = table.get("eval_draws", EVAL_DRAWS)
+    eot = table.get("eot_samples", robustness.EOT_SAMPLES)
+    metric = "error" if spec.metric == "error" else "accuracy"
+    preset = f", attack preset {table['preset']}" if table.get("preset") else ""
+    lines = [f"# {spec.title} on {table['dataset']}: {table['examples']} examples{preset}", "",
+             f"Cells: measured (published, difference), {metric} in %. Randomized systems: "
+             f"right on every one of {draws} draws to count; {eot} EOT draws per gradient "
+             f"in their white-box attacks.", ""]
+    if spec.note:
+        lines += [spec.note, ""]
+    paper = table["paper_values"]["values"]
+    n = len(table.get("attacks", spec.attack_order))
+    full = n == len(spec.attack_order)
+    shown_rows = [r for r in rows(spec) if r != "avg" or spec.average]
+
+    def cell(c, protocol, row):
+        # the paper's average is over all its attacks: not shown next to a subset's
+        pub = paper.get(c, {}) if (row != "avg" or full) else {}
+        return _cell(spec, table["columns"][c].get(protocol) or {}, row, pub)
+
+    for protocol, title in (("paper", "The papers' protocol (this project's reading)"),
+                            ("adaptive", "Adaptive white-box attack on the served pipeline "
+                                         "(EOT, BPDA), per example the worst of it and the "
+                                         "papers' attack")):
+        lines += [f"## {title}", ""]
+        if spec.systems_as_rows:
+            lines += ["| | " + " | ".join(_label(spec, r, n) for r in shown_rows) + " |",
+                      "|---|" + "---|" * len(shown_rows)]
+            for c in cols:
+                lines.append(f"| {table['columns'][c]['label']} | " +
+                             " | ".join(cell(c, protocol, r) for r in shown_rows) + " |")
+        else:
+            lines += ["| | " + " | ".join(table["columns"][c]["label"] for c in cols) + " |",
+                      "|---|" + "---|" * len(cols)]
+            for r in shown_rows:
+                lines.append(f"| {_label(spec, r, n)} | " +
+                             " | ".join(cell(c, protocol, r) for c in cols) + " |")
+        lines.append("")
+    failed = [(table["columns"][c]["label"], ch) for c in cols
+              for ch in table["columns"][c].get("checks", []) if not ch["passed"]]
+    ran = sum(len(table["columns"][c].get("checks", [])) for c in cols)
+    if ran:
+        lines += [f"Sanity checks: {ran - len(failed)} of {ran} passed" +
+                  ("; failed:" if failed else ".")]
+        lines += [f"- {label}: {ch['check']}: {ch['detail']}" for label, ch in failed]
+        lines.append("")
+    lines += ["Paper protocol per system: " + "; ".join(
+        f"{table['columns'][c]['label']}: {table['columns'][c]['paper_protocol']}" for c in cols),
+        "", f"Published values (in parentheses): {table['paper_values']['source']}; "
+        f"{table['paper_values'].get('note', '')}", ""]
+    return "\n".join(lines)
+
+
+def figure(spec: Spec, path: str, table: dict) -> str:
+    """Per system the papers'-protocol value (the average over attacks, or the worst case
+    where the table has no average) beside the published one, then the adaptive average
+    and worst case, in the table's metric."""
+    cols = list(table["columns"])
+    labels = [table["columns"][c]["label"] for c in cols]
+    paper = table["paper_values"]["values"]
+    n = len(table.get("attacks", spec.attack_order))
+    row = "avg" if spec.average else "worst_case"
+    err = spec.metric == "error"
+
+    def shown(v):
+        return None if v is None else (1 - v if err else v)
+    name = "avg" if spec.average else "worst case"
+    series = {f"papers' protocol, {name} (measured)":
+              [shown(table["columns"][c].get("paper", {}).get(row)) for c in cols]}
+    if spec.average and n == len(spec.attack_order) and any(
+            paper.get(c, {}).get(row) is not None for c in cols):
+        series["published avg"] = [shown(paper.get(c, {}).get(row)) for c in cols]
+    if spec.average:
+        series["adaptive, avg (measured)"] = [
+            shown(table["columns"][c].get("adaptive", {}).get("avg")) for c in cols]
+    series["adaptive, worst case (measured)"] = [
+        shown(table["columns"][c].get("adaptive", {}).get("worst_case")) for c in cols]
+    return plots.grouped_bars(path, labels, series, "error" if err else "accuracy",
+                              f"{spec.title} on {table['dataset']} ({table['examples']} "
+                              f"examples, {n} attack{'s' * (n != 1)})")

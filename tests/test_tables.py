@@ -1,0 +1,182 @@
+"""The table engine and the papers' specs: every spec is complete, ARN's published values are
+the paper's, each protocol attacks what it should, targeted entries get wrong-class targets,
+the ARN layout shows errors with the published value beside each cell."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdefense import robustness, tables
+from jaxdefense.defenses import registry
+from jaxdefense.tables import arn, engine
+from tests.conftest import REPO
+
+SHARED = REPO.parent / "shared" / "data" / "arn-paper"
+
+
+def test_every_spec_names_registered_runs_labels_and_published_cells():
+    for (paper, number), spec in tables.TABLES.items():
+        assert tables.get(paper, number) is spec
+        assert spec.source in spec.runs
+        for s in spec.systems:
+            assert s.run in spec.runs and s.protocol in tables.spec.PROTOCOLS
+            assert s.crafted_on is None or s.crafted_on in spec.runs
+        for r in spec.runs.values():
+            registry.get(r.defense)
+        for dataset in spec.datasets:
+            attacks = spec.attacks(dataset, None, None)
+            assert tuple(attacks) == spec.attack_order
+            assert set(spec.labels) >= set(attacks)
+            values = spec.published(dataset)["values"]
+            assert set(values) <= {s.name for s in spec.systems}
+            for row in values.values():
+                assert set(row) <= set(engine.rows(spec)) and all(0 <= v <= 1 for v in row.values())
+    with pytest.raises(ValueError, match="no table arn 9"):
+        tables.get("arn", "9")
+
+
+def _tsv(name):
+    lines = [l.rstrip("\n").split("\t") for l in (SHARED / name).read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    return lines[0], lines[1:]
+
+
+def test_packaged_arn_values_are_the_papers():
+    if not SHARED.exists():
+        pytest.skip(f"{SHARED} not found")
+    for name, spec, columns in (("table1.tsv", tables.get("arn", "1"), arn.PUBLISHED1),
+                                ("table2.tsv", tables.get("arn", "2"), arn.PUBLISHED2)):
+        head, rows = _tsv(name)
+        values = spec.published("mnist")["values"]
+        by_row = {r[1]: dict(zip(head[2:], r[2:])) for r in rows if r[0] == "LeNet"}
+        for system, row_name in arn.ROW_NAMES.items():
+            for ours, theirs in columns.items():
+                assert 100 * (1 - values[system][ours]) == pytest.approx(
+                    float(by_row[row_name][theirs]), abs=1e-6)
+    head, rows = _tsv("table3_4_5.tsv")
+    for number, cells in ((3, arn.CELLS3), (4, arn.CELLS4)):
+        values = tables.get("arn", str(number)).published("mnist")["values"]
+        for r in rows:
+            key = tuple(r[1:5])
+            if int(r[0]) == number and key in cells:
+                system, attack = cells[key]
+                assert 100 * (1 - values[system][attack]) == pytest.approx(float(r[5]))
+    assert arn.published_tables()["tables_3_4_5"]["cells"][0]["value"] == 99.84
+
+
+def test_arn_attacks_are_the_reference_settings_and_caps_apply():
+    a = tables.get("arn", "1").attacks("mnist", None, None)
+    assert a["pgd"] == dict(attack="pgd", eps=0.3, step_size=0.01, steps=40, eot_samples=20)
+    assert a["pgd_t"]["targeted"] and a["jsma_t"]["targeted"] and a["aa_eps2"]["eps"] == 0.4
+    assert a["cw"]["max_iterations"] == 500 and a["cw"]["binary_search_steps"] == 4
+    capped = tables.get("arn", "2").attacks("mnist", 5, 2, ["sta", "fwa"])
+    assert list(capped) == ["sta", "fwa"]
+    assert capped["sta"]["max_iterations"] == 5 and capped["sta"]["search_steps"] == 2
+    assert capped["fwa"]["steps"] == 5 and capped["fwa"]["eot_samples"] == 2
+    with pytest.raises(ValueError, match="unknown attacks"):
+        tables.get("arn", "1").attacks("mnist", None, None, ["sta"])
+
+
+W = jax.random.normal(jax.random.key(0), (16, 10))
+
+
+def _net(x):
+    return x.reshape(x.shape[0], -1) @ W
+
+
+def test_targeted_entries_aim_every_example_at_a_wrong_class(monkeypatch):
+    x = jax.random.uniform(jax.random.key(1), (64, 4, 4, 1))
+    y = jnp.argmax(_net(x), 1)
+    t = robustness.random_targets(_net, x, y, jax.random.key(2))
+    assert np.all(np.asarray(t) != np.asarray(y)) and len(set(np.asarray(t).tolist())) > 5
+    seen = {}
+
+    def fake_pgd(f, xx, yy, k, **kw):
+        seen.update(kw)
+        return xx
+    monkeypatch.setitem(robustness.attack_lib.ATTACKS, "pgd", fake_pgd)
+    craft = robustness.craft_fn("pgd_t", dict(attack="pgd", eps=0.3, targeted=True,
+                                              eot_samples=4), False)
+    craft(_net, x, y, jax.random.key(2))
+    assert seen["eps"] == 0.3 and "eot_samples" not in seen
+    np.testing.assert_array_equal(np.asarray(seen["target"]), np.asarray(t))
+    with pytest.raises(ValueError, match="unknown attack 'pgdd'"):
+        robustness.craft_fn("x", dict(attack="pgdd"), False)
+
+
+@dataclasses.dataclass
+class _Model:
+    logits_fn: object
+    parts: dict
+    stochastic: bool = False
+    defense: str = "arn"
+
+
+def test_each_protocol_attacks_what_it_should():
+    purify = lambda x: jnp.round(x * 4) / 4          # noqa: E731 (a flat purifier)
+    classifier = _net
+    served = lambda x: classifier(purify(x))          # noqa: E731
+    other = lambda x: -_net(x)                         # noqa: E731
+    models = {"none": _Model(_net, {}, defense="standard"),
+              "arn_pp": _Model(served, {"purify": purify, "classifier": classifier}),
+              "apegan_pp": _Model(other, {}, defense="apegan")}
+    spec = tables.get("arn", "3")
+    x = jax.random.uniform(jax.random.key(3), (2, 4, 4, 1))
+
+    def protocol(system):
+        return engine.system_models(spec, system, models, "mnist")
+
+    paper, adaptive, threat = protocol(tables.spec.System("s", "S", "arn_pp", "target-only"))
+    assert threat == "target-only" and paper.classifier is classifier
+    assert adaptive.served is served
+    paper, _, threat = protocol(spec.system("arn_from_apegan"))
+    assert threat == "transfer" and paper.source is other and paper.served is served
+    paper, _, threat = protocol(tables.get("arn", "4").system("arn_pp"))
+    assert threat == "transfer"
+    np.testing.assert_allclose(paper.source(x), served(x))     # BPDA: the same forward
+    g = jax.grad(lambda a: paper.source(a)[0, 0])(x)
+    g_flat = jax.grad(lambda a: served(a)[0, 0])(x)
+    assert float(jnp.abs(g).sum()) > 0 and float(jnp.abs(g_flat).sum()) == 0
+    with pytest.raises(ValueError, match="serves no 'purify' stage"):
+        engine.system_models(tables.get("arn", "4"), tables.get("arn", "4").system("apegan_pp"),
+                             models, "mnist")
+
+
+def test_arn_layout_shows_errors_with_the_published_value():
+    spec = tables.get("arn", "1")
+    row = {"clean": 0.99, **{a: 0.5 for a in spec.attack_order}, "worst_case": 0.25}
+    columns = {s.name: {"label": s.label, "paper_protocol": "p", "paper": row, "adaptive": row}
+               for s in spec.systems}
+    table = {"dataset": "mnist", "examples": 1000, "columns": columns,
+             "paper_values": spec.published("mnist"), "attacks": spec.attacks("mnist", 5, 2)}
+    text = engine.markdown(spec, table)
+    lines = text.splitlines()
+    header = next(l for l in lines if l.startswith("| |"))
+    assert header.split("|")[2:-1] == [" None (clean) ", *(f" {spec.labels[a]} "
+                                                          for a in spec.attack_order),
+                                       " Worst case "]
+    arn_rows = [l for l in lines if l.startswith("| ARN_PP |")]
+    assert len(arn_rows) == 2
+    cells = arn_rows[0].split("|")[2:-1]
+    assert cells[0] == " 1.0 (1.16, -0.2) "                  # clean: error 1.0 vs 1.16
+    assert cells[1] == " 50.0 (1.85, +48.2) "                # PGD_N
+    assert cells[-1] == " 75.0 "                             # worst case: none published
+    assert "error in %" in text and "Avg" not in text
+    diff = engine.differences(spec, columns, spec.published("mnist")["values"])
+    assert diff["arn_pp"]["paper"]["pgd"] == pytest.approx(0.5 - 0.9815)
+
+
+def test_the_plan_builds_every_arn_run_with_its_seen_attacks(tmp_path):
+    plan = engine.plan(tables.get("arn", "1"), str(tmp_path), "digits", True, {}, {})
+    assert list(plan)[0] == "none" and set(plan) == set(arn.RUNS)
+    assert plan["apegan_dp"].cfg.seen_attacks == "ddn,pgd"
+    assert plan["arn_pp"].cfg.seen_attacks == "pgd,pgd_targeted"
+    assert plan["at_pgd"].cfg.fsr is False and plan["at_pgd"].cfg.method == "at"
+    assert plan["arn_dp"].cfg.target_workdir == str(tmp_path / "none")
+    only = engine.plan(tables.get("arn", "1"), str(tmp_path), "digits", True, {}, {},
+                       only={"arn_dp"})
+    assert list(only) == ["none", "arn_dp"]
+    with pytest.raises(ValueError, match="has no cifar10 setting"):
+        engine.plan(tables.get("arn", "1"), str(tmp_path), "cifar10", True, {}, {})
