@@ -184,11 +184,11 @@ def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
         plan(over={"epochs": 1, "z_dimm": 8}, user_keys=("z_dimm",))
     # a field of a column not chosen this time is not a typo
     assert plan(over={"epochs": 1, "z_dim": 8}, user_keys=("z_dim",), only={"none"})
-    with pytest.raises(ValueError, match="unknown defenses"):
+    with pytest.raises(ValueError, match="unknown runs"):
         plan(over={"epochs": 1}, existing={"jpeg": "x"})
     other = tmp_path / "apegan-elsewhere"
     _saved(other, "apegan", target_workdir=str(tmp_path / "another-standard"))
-    with pytest.raises(ValueError, match="not the None column's model"):
+    with pytest.raises(ValueError, match="not the source run's model"):
         plan(over={"epochs": 1}, existing={"apegan": str(other)}, only={"apegan"})
     _saved(other, "apegan", target_workdir=str(root / "standard"))
     assert plan(over={"epochs": 1}, existing={"apegan": str(other)},
