@@ -11,6 +11,7 @@ import pytest
 from jaxdefense import attacks
 from jaxdefense.attacks.fwa import _to_image, lmo, neighbourhood
 from jaxdefense.attacks.jsma import _best_pair
+from jaxdefense.attacks.roa import best_windows
 from jaxdefense.attacks.stadv import flow_loss, identity_grid, warp
 
 W = jax.random.normal(jax.random.key(0), (6 * 6 * 1, 10))
@@ -233,3 +234,49 @@ def test_targeted_pgd_stays_in_the_ball_and_reaches_the_target():
     assert last_reached.any() and np.all(reached[last_reached])
     with pytest.raises(ValueError, match="target"):
         attacks.pgd(lin10, x, y, jax.random.key(0), eps=0.3, target=t[:3])
+
+
+def test_roa_changes_one_rectangle_found_by_the_gradient_search():
+    x, y = _data(8)
+    a = attacks.roa(net, x, y, jax.random.key(0), width=3, height=2, candidates=5, steps=10,
+                    step_size=0.1)
+    changed = np.asarray(jnp.abs(a - x) > 0)[..., 0]
+    for c in changed:                      # inside one 2 x 3 box (grey fill moves every pixel)
+        r, k = np.nonzero(c)
+        assert len(r) and r.max() - r.min() < 2 and k.max() - k.min() < 3
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    # with one candidate the window is the one with the largest squared gradient
+    g = jax.grad(lambda xa: jnp.sum(attacks.cross_entropy(net(xa), y)))(x)
+    g2 = np.asarray(g[..., 0] ** 2)
+    rows, cols = best_windows(net, x, y, 3, 2, 1, 1)
+    for i in range(len(x)):
+        sums = {(r, c): g2[i, r:r + 2, c:c + 3].sum() for r in range(5) for c in range(4)}
+        assert (int(rows[i]), int(cols[i])) == max(sums, key=sums.get)
+    # more steps and restarts never fool fewer points than the grey fill alone
+    grey = attacks.roa(net, x, y, jax.random.key(0), width=3, height=2, steps=0)
+    strong = attacks.roa(net, x, y, jax.random.key(0), width=3, height=2, steps=20,
+                         step_size=0.1, restarts=3)
+    assert (pred(strong) != np.asarray(y)).sum() >= (pred(grey) != np.asarray(y)).sum()
+    with pytest.raises(ValueError, match="must fit"):
+        attacks.roa(net, x, y, jax.random.key(0), width=7)
+
+
+def test_doa_trains_on_occluded_images():
+    """One real DOA step: the parameters move, and the step's inputs are ROA examples (the
+    loss it reports is the loss on them, above the clean loss)."""
+    from jaxdefense.defenses import doa
+    from jaxdefense.training import init_classifier_state, make_optimizer
+    from jaxdefense import config
+    cfg = doa.preset("digits", smoke=True, roa_steps=3, roa_candidates=3, lenet_width=0.25)
+    x, y = _data(16)
+    x28 = jax.image.resize(x, (16, 28, 28, 1), "linear")
+    state = init_classifier_state(config.make_classifier(cfg), (28, 28, 1),
+                                  make_optimizer(cfg, 1), jax.random.key(0))
+    new, metrics = jax.jit(doa.make_step(cfg))(state, (x28, y), jax.random.key(1), {})
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                                         state.params, new.params))
+    assert max(moved) > 0
+    model = config.make_classifier(cfg)
+    v = {"params": state.params, "batch_stats": state.batch_stats}
+    clean = float(jnp.mean(attacks.cross_entropy(model.apply(v, x28, train=True), y)))
+    assert float(metrics["loss"]) > clean

@@ -6,7 +6,7 @@ AutoAttack 'rand') call `logits_fn(x, key)`. Every output lies in [0, 1]. The ep
 attacks keep it in the eps-ball of their norm (`norm="Linf"` or `"L2"`, see `norms.py`);
 the minimum-norm ones (C&W-L2, DDN, stAdv) return the closest adversarial point they found
 (x where none), JSMA the point where it stopped, FWA its last iterate, within its
-Wasserstein radius. Targeted variants take `target=[B]` classes. Each loop is one compiled
+Wasserstein radius, ROA an image changed inside one rectangle. Targeted variants take `target=[B]` classes. Each loop is one compiled
 `lax` loop; `logits_fn` is a static (hashed) argument, so reuse the same function object
 across calls to reuse the compiled attack.
 """
@@ -21,6 +21,7 @@ from jaxdefense.attacks.fwa import fwa
 from jaxdefense.attacks.jsma import jsma
 from jaxdefense.attacks.losses import LOSSES, cross_entropy, dlr, dlr_targeted, margin
 from jaxdefense.attacks.pgd import eotpgd, pgd
+from jaxdefense.attacks.roa import roa
 from jaxdefense.attacks.square import square
 from jaxdefense.attacks.stadv import stadv
 from jaxdefense.attacks.vmifgsm import vmifgsm
@@ -28,8 +29,8 @@ from jaxdefense.attacks.vmifgsm import vmifgsm
 ATTACKS = {"fgsm": fgsm, "pgd": pgd, "eotpgd": eotpgd, "vmifgsm": vmifgsm, "apgd": apgd,
            "apgd_targeted": apgd_targeted, "fab_targeted": fab_targeted, "square": square,
            "autoattack": autoattack, "cw_l2": cw_l2, "ddn": ddn, "jsma": jsma, "stadv": stadv,
-           "fwa": fwa}
+           "fwa": fwa, "roa": roa}
 
 __all__ = ["fgsm", "pgd", "eotpgd", "vmifgsm", "apgd", "apgd_targeted", "fab_targeted", "square",
-           "autoattack", "cw_l2", "ddn", "jsma", "stadv", "fwa", "bpda", "ATTACKS", "LOSSES", "cross_entropy", "dlr", "dlr_targeted",
-           "margin"]
+           "autoattack", "cw_l2", "ddn", "jsma", "stadv", "fwa", "roa", "bpda", "ATTACKS",
+           "LOSSES", "cross_entropy", "dlr", "dlr_targeted", "margin"]

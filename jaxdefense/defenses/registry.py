@@ -59,6 +59,7 @@ DEFENSES = {d.name: d for d in (
     Defense("cdvae", "jaxdefense.defenses.cdvae"),
     Defense("smoothing", "jaxdefense.defenses.smoothing", stochastic=True),
     Defense("gradreg", "jaxdefense.defenses.gradreg"),
+    Defense("doa", "jaxdefense.defenses.doa"),
     Defense("fsr", "jaxdefense.defenses.fsr"),
     Defense("arn", "jaxdefense.defenses.arn"),
     Defense("idfr", "jaxdefense.defenses.idfr"),

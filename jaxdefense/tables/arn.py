@@ -10,14 +10,14 @@ defenses down, attacks across.
 
 The papers' protocol: the purifier rows' examples are crafted on the bare target and then
 purified (ARN's `accuracy.py` scores the target on purified examples crafted on it); the
-model rows (none, AT_PGD) are attacked white-box. Attack settings follow the ARN code where
+model rows (none, AT_PGD, DOA 7x7) are attacked white-box. Attack settings follow the ARN code where
 it has them (its `craft_adversarial_examples.py`: PGD eps 0.3, 40 steps of 0.01, random
 start; C&W-L2 500 steps, confidence 1, c from 1, 4 search rounds; DDN 100 steps; stAdv 5000
 L-BFGS iterations, 20 search steps), advertorch's defaults elsewhere (JSMA theta 1, gamma
 1), and the FWA authors' MNIST script (300 steps, 5 x 5 neighbourhood, entropy 1e-3).
 Targeted attacks aim at a random wrong class per example. PP purifiers train on targeted
-and untargeted PGD, DP on untargeted DDN and untargeted PGD. Rows the project does not
-build yet (DOA 7x7, HGD) are not in the specs; their published values stay in
+and untargeted PGD, DP on untargeted DDN and untargeted PGD. The HGD rows are not in the
+specs yet (the project does not build HGD); their published values stay in
 `reference/arn_paper.json`.
 """
 from __future__ import annotations
@@ -35,18 +35,20 @@ SOURCE = "none"
 RUNS = {
     "none": run("standard"),
     "at_pgd": run("fsr", all=dict(fsr=False, method="at")),
+    "doa": run("doa"),
     "apegan_pp": run("apegan", all=dict(seen_attacks="pgd,pgd_targeted")),
     "apegan_dp": run("apegan", all=dict(seen_attacks="ddn,pgd")),
     "arn_pp": run("arn", all=dict(seen_attacks="pgd,pgd_targeted")),
     "arn_dp": run("arn", all=dict(seen_attacks="ddn,pgd")),
 }
 # the published rows' names (reference/arn_paper.json) per system
-ROW_NAMES = {"none": "NONE", "at_pgd": "AT_PGD", "apegan_pp": "APE-G_PP",
+ROW_NAMES = {"none": "NONE", "at_pgd": "AT_PGD", "doa": "DOA_7x7", "apegan_pp": "APE-G_PP",
              "apegan_dp": "APE-G_DP", "arn_pp": "ARN_PP", "arn_dp": "ARN_DP"}
 
 SYSTEMS = (
     System("none", "NONE", "none", "whitebox"),
     System("at_pgd", "AT_PGD", "at_pgd", "whitebox"),
+    System("doa", "DOA_7x7", "doa", "whitebox"),
     System("apegan_pp", "APE-G_PP", "apegan_pp", "target-only"),
     System("apegan_dp", "APE-G_DP", "apegan_dp", "target-only"),
     System("arn_pp", "ARN_PP", "arn_pp", "target-only"),
