@@ -280,7 +280,7 @@ def test_training_computes_with_the_same_kernels(monkeypatch, tmp_path):
 # Every model of jaxdefense.models, tiny: (module, input, apply kwargs, has a 2x2 max pool or
 # a 4x4 stride-2 convolution padded by 1, whose CPU kernels have no forward mode).
 def _every_model():
-    from jaxdefense.models import apegan, arn, diffusion, unet
+    from jaxdefense.models import apegan, arn, diffusion, hgd, unet
     img = jnp.full((2, 28, 28, 1), 0.5)
     cifar = jnp.full((2, 32, 32, 3), 0.5)
     return {
@@ -296,6 +296,7 @@ def _every_model():
                                                    attn_resolutions=(14,)), img,
                                {"t": jnp.full((2,), 0.5)}, False),
         "IDFR denoiser": (unet.UNet(base=4), img, {}, False),
+        "HGD denoiser": (hgd.Denoiser(levels=(4, 8, 8)), img, {}, False),
     }
 
 

@@ -24,13 +24,14 @@ TINY = {"grfd": dict(z_dim=8, vae_base=4), "cdvae": dict(z_dim=8, vae_base=4),
         "idfr": dict(purifier_batch_size=32, purifier_epochs=1, fr_epochs=1, unet_base=4),
         "apegan": dict(purifier_batch_size=32, purifier_epochs=1, apegan_base=4),
         "diffpure": dict(purifier_batch_size=32, purifier_epochs=1, reverse_steps=2),
-        "doa": dict(roa_steps=2, roa_candidates=2)}
+        "doa": dict(roa_steps=2, roa_candidates=2),
+        "hgd": dict(purifier_batch_size=32, purifier_epochs=1, hgd_levels="4,8")}
 
 
 def test_every_defense_has_the_registry_surface_and_a_preset_per_dataset():
     assert sorted(registry.DEFENSES) == sorted(
         ["standard", "grfd", "cdvae", "smoothing", "gradreg", "doa", "fsr", "arn", "idfr",
-         "apegan", "diffpure"])
+         "apegan", "hgd", "diffpure"])
     for name, entry in registry.DEFENSES.items():
         for attr in SURFACE:
             assert hasattr(entry.api, attr), f"{name} lacks {attr}"

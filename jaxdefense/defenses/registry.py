@@ -64,6 +64,7 @@ DEFENSES = {d.name: d for d in (
     Defense("arn", "jaxdefense.defenses.arn"),
     Defense("idfr", "jaxdefense.defenses.idfr"),
     Defense("apegan", "jaxdefense.defenses.apegan"),
+    Defense("hgd", "jaxdefense.defenses.hgd"),
     Defense("diffpure", "jaxdefense.defenses.diffpure", stochastic=True),
 )}
 

@@ -4,8 +4,9 @@ defenses down, attacks across.
 - Table 1: pixel-constrained attacks: PGD_N, PGD_T, CW_N (L2), DDN_N, AA_N, JSMA_T, and
   PGD_N / AA_N at the raised eps' 0.4 (eps 0.3 otherwise).
 - Table 2: spatially-constrained attacks: STA_N, STA_T (stAdv) and FWA_N at eps 0.3 and 0.4.
-- Table 3: adaptive attacks: white-box targeted PGD (40 steps, eps 0.3 and 0.5) through each
-  purifier, and gray-box attacks crafted on APE-GAN + LeNet then sent to ARN.
+- Table 3: adaptive attacks: white-box targeted PGD (40 steps, eps 0.3 and 0.5), C&W and
+  DDN through each purifier, and gray-box attacks crafted on APE-GAN + LeNet or HGD + LeNet
+  then sent to ARN.
 - Table 4: BPDA + PGD_N (40 and 100 steps) through each purifier.
 
 The papers' protocol: the purifier rows' examples are crafted on the bare target and then
@@ -16,9 +17,7 @@ start; C&W-L2 500 steps, confidence 1, c from 1, 4 search rounds; DDN 100 steps;
 L-BFGS iterations, 20 search steps), advertorch's defaults elsewhere (JSMA theta 1, gamma
 1), and the FWA authors' MNIST script (300 steps, 5 x 5 neighbourhood, entropy 1e-3).
 Targeted attacks aim at a random wrong class per example. PP purifiers train on targeted
-and untargeted PGD, DP on untargeted DDN and untargeted PGD. The HGD rows are not in the
-specs yet (the project does not build HGD); their published values stay in
-`reference/arn_paper.json`.
+and untargeted PGD, DP on untargeted DDN and untargeted PGD.
 """
 from __future__ import annotations
 
@@ -38,12 +37,15 @@ RUNS = {
     "doa": run("doa"),
     "apegan_pp": run("apegan", all=dict(seen_attacks="pgd,pgd_targeted")),
     "apegan_dp": run("apegan", all=dict(seen_attacks="ddn,pgd")),
+    "hgd_pp": run("hgd", all=dict(seen_attacks="pgd,pgd_targeted")),
+    "hgd_dp": run("hgd", all=dict(seen_attacks="ddn,pgd")),
     "arn_pp": run("arn", all=dict(seen_attacks="pgd,pgd_targeted")),
     "arn_dp": run("arn", all=dict(seen_attacks="ddn,pgd")),
 }
 # the published rows' names (reference/arn_paper.json) per system
 ROW_NAMES = {"none": "NONE", "at_pgd": "AT_PGD", "doa": "DOA_7x7", "apegan_pp": "APE-G_PP",
-             "apegan_dp": "APE-G_DP", "arn_pp": "ARN_PP", "arn_dp": "ARN_DP"}
+             "apegan_dp": "APE-G_DP", "hgd_pp": "HGD_PP", "hgd_dp": "HGD_DP",
+             "arn_pp": "ARN_PP", "arn_dp": "ARN_DP"}
 
 SYSTEMS = (
     System("none", "NONE", "none", "whitebox"),
@@ -51,6 +53,8 @@ SYSTEMS = (
     System("doa", "DOA_7x7", "doa", "whitebox"),
     System("apegan_pp", "APE-G_PP", "apegan_pp", "target-only"),
     System("apegan_dp", "APE-G_DP", "apegan_dp", "target-only"),
+    System("hgd_pp", "HGD_PP", "hgd_pp", "target-only"),
+    System("hgd_dp", "HGD_DP", "hgd_dp", "target-only"),
     System("arn_pp", "ARN_PP", "arn_pp", "target-only"),
     System("arn_dp", "ARN_DP", "arn_dp", "target-only"),
 )
@@ -86,8 +90,10 @@ LABELS3 = {"pgd_t": "PGD_T eps 0.3", "pgd_t_eps5": "PGD_T eps 0.5", "cw_t": "CW_
            "cw": "CW_N", "ddn_t": "DDN_T", "ddn": "DDN_N"}
 SYSTEMS3 = (
     System("apegan_pp", "APE-G (white-box)", "apegan_pp", "whitebox"),
+    System("hgd_pp", "HGD (white-box)", "hgd_pp", "whitebox"),
     System("arn_pp", "ARN (white-box)", "arn_pp", "whitebox"),
     System("arn_from_apegan", "ARN (crafted on APE-G+L)", "arn_pp", "from:apegan_pp"),
+    System("arn_from_hgd", "ARN (crafted on HGD+L)", "arn_pp", "from:hgd_pp"),
 )
 
 ATTACKS4 = {"pgd40": PGD, "pgd100": dict(PGD, steps=100)}
@@ -162,7 +168,15 @@ CELLS3 = {("APE-G+L", "PGD_T", "APE-G", "ITE-40 eps 0.3"): ("apegan_pp", "pgd_t"
           ("APE-G+L", "CW", "APE-G", "targeted"): ("apegan_pp", "cw_t"),
           ("APE-G+L", "CW", "APE-G", "untargeted"): ("apegan_pp", "cw"),
           ("APE-G+L", "CW", "ARN", "targeted"): ("arn_from_apegan", "cw_t"),
-          ("APE-G+L", "CW", "ARN", "untargeted"): ("arn_from_apegan", "cw")}
+          ("APE-G+L", "CW", "ARN", "untargeted"): ("arn_from_apegan", "cw"),
+          ("HGD+L", "PGD_T", "HGD", "ITE-40 eps 0.3"): ("hgd_pp", "pgd_t"),
+          ("HGD+L", "PGD_T", "HGD", "ITE-40 eps 0.5"): ("hgd_pp", "pgd_t_eps5"),
+          ("HGD+L", "PGD_T", "ARN", "ITE-40 eps 0.3"): ("arn_from_hgd", "pgd_t"),
+          ("HGD+L", "PGD_T", "ARN", "ITE-40 eps 0.5"): ("arn_from_hgd", "pgd_t_eps5"),
+          ("HGD+L", "DDN", "HGD", "targeted"): ("hgd_pp", "ddn_t"),
+          ("HGD+L", "DDN", "HGD", "untargeted"): ("hgd_pp", "ddn"),
+          ("HGD+L", "DDN", "ARN", "targeted"): ("arn_from_hgd", "ddn_t"),
+          ("HGD+L", "DDN", "ARN", "untargeted"): ("arn_from_hgd", "ddn")}
 CELLS4 = {("APE-G+L", "P+B", "APE-G", "ITE-40"): ("apegan_pp", "pgd40"),
           ("APE-G+L", "P+B", "APE-G", "ITE-100"): ("apegan_pp", "pgd100"),
           ("ARN+L", "P+B", "ARN", "ITE-40"): ("arn_pp", "pgd40"),
@@ -179,8 +193,7 @@ def _cells(number: int, cells: dict):
                 system, attack = cells[key]
                 values.setdefault(system, {})[attack] = round(1 - c["value"] / 100, 6)
         return {"source": ref["paper"] + f", Table {number} (LeNet, MNIST)",
-                "note": ref["units"] + " (shown as error); the HGD cells need an HGD row, "
-                "which the project does not build yet" +
+                "note": ref["units"] + " (shown as error)" +
                 ("; digits: the paper's MNIST values" if dataset == "digits" else ""),
                 "values": values}
     return published
