@@ -14,7 +14,6 @@ straight through G.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
 from jaxdefense.defenses.purification import PurificationConfig
 from jaxdefense.models.apegan import Discriminator, Generator
-from jaxdefense.training import TrainState, fit
+from jaxdefense.training import TrainState
 
 
 @dataclasses.dataclass
@@ -139,13 +138,9 @@ def train_and_evaluate(cfg: APEGANConfig, progress: bool = True) -> dict:
     if "stopped" in ready:
         return ready
     nets = networks(cfg)
-    state = fit(init_state(cfg, nets, jax.random.key(cfg.seed + 1)), train_step(cfg, nets),
-                ready["stack"], ready["train"].y, epochs=cfg.purifier_epochs,
-                batch_size=cfg.purifier_batch_size, seed=cfg.seed, augment=cfg.augment,
-                ckpt_dir=os.path.join(cfg.workdir, "apegan"), phase="apegan",
-                metrics_path=ready["metrics_path"], keep=cfg.keep_checkpoints,
-                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
-    if int(state.step) < cfg.purifier_epochs * (len(ready["stack"]) // cfg.purifier_batch_size):
+    state = purification.fit_purifier(cfg, init_state(cfg, nets, jax.random.key(cfg.seed + 1)),
+                                      train_step(cfg, nets), ready, "apegan", progress)
+    if state is None:
         return {"stopped": "apegan"}
     return purification.closing_report(cfg, make_purifier(nets, state.params, state.batch_stats),
                                        ready, progress)
@@ -156,10 +151,8 @@ def build(cfg: APEGANConfig) -> purification.PurifierNets:
 
 
 def restore(workdir: str, cfg: APEGANConfig, nets) -> dict:
-    from jaxdefense.checkpoint import restore_variables
-    return {"purifier": restore_variables(os.path.join(workdir, "apegan"),
-                                          init_state(cfg, nets.purifier, jax.random.key(0))),
-            "target": purification.restore_target(cfg)[1]}
+    return purification.restore_purifier(workdir, cfg, "apegan",
+                                         init_state(cfg, nets.purifier, jax.random.key(0)))
 
 
 def serve(cfg: APEGANConfig, nets, variables):

@@ -22,7 +22,6 @@ docs/purification.md).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ from jaxdefense.defenses import purification
 from jaxdefense.defenses.grfd.core import gaussian_kl
 from jaxdefense.defenses.purification import PurificationConfig
 from jaxdefense.models.arn import AttackDiscriminator, Decoder, Encoder, ImageDiscriminator
-from jaxdefense.training import TrainState, fit
+from jaxdefense.training import TrainState
 
 
 @dataclasses.dataclass
@@ -176,12 +175,9 @@ def train_and_evaluate(cfg: ARNConfig, progress: bool = True) -> dict:
     ready = purification.prepare(cfg, "arn", progress)
     if "stopped" in ready:
         return ready
-    state = fit(init_state(cfg, jax.random.key(cfg.seed + 1)), train_step(cfg), ready["stack"],
-                ready["train"].y, epochs=cfg.purifier_epochs, batch_size=cfg.purifier_batch_size,
-                seed=cfg.seed, augment=cfg.augment, ckpt_dir=os.path.join(cfg.workdir, "arn"),
-                phase="arn", metrics_path=ready["metrics_path"], keep=cfg.keep_checkpoints,
-                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
-    if int(state.step) < cfg.purifier_epochs * (len(ready["stack"]) // cfg.purifier_batch_size):
+    state = purification.fit_purifier(cfg, init_state(cfg, jax.random.key(cfg.seed + 1)),
+                                      train_step(cfg), ready, "arn", progress)
+    if state is None:
         return {"stopped": "arn"}
     purify = make_purifier(networks(cfg), state.params, state.batch_stats)
     return purification.closing_report(cfg, purify, ready, progress)
@@ -192,10 +188,7 @@ def build(cfg: ARNConfig) -> purification.PurifierNets:
 
 
 def restore(workdir: str, cfg: ARNConfig, nets) -> dict:
-    from jaxdefense.checkpoint import restore_variables
-    return {"purifier": restore_variables(os.path.join(workdir, "arn"),
-                                          init_state(cfg, jax.random.key(0))),
-            "target": purification.restore_target(cfg)[1]}
+    return purification.restore_purifier(workdir, cfg, "arn", init_state(cfg, jax.random.key(0)))
 
 
 def serve(cfg: ARNConfig, nets, variables):

@@ -15,7 +15,6 @@ The ARN paper's HGD_PP / HGD_DP rows: seen attacks 'pgd,pgd_targeted' / 'ddn,pgd
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
 from jaxdefense.defenses.purification import PurificationConfig
 from jaxdefense.models.hgd import Denoiser
-from jaxdefense.training import TrainState, fit
+from jaxdefense.training import TrainState
 
 GUIDES = ("embedding", "logits", "pixel")
 
@@ -143,13 +142,11 @@ def train_and_evaluate(cfg: HGDConfig, progress: bool = True) -> dict:
         return ready
     net = networks(cfg)
     steps = len(ready["stack"]) // cfg.purifier_batch_size
-    state = fit(init_state(cfg, net, jax.random.key(cfg.seed + 1), steps),
-                train_step(cfg, net, ready["target"]), ready["stack"], ready["train"].y,
-                epochs=cfg.purifier_epochs, batch_size=cfg.purifier_batch_size, seed=cfg.seed,
-                augment=cfg.augment, ckpt_dir=os.path.join(cfg.workdir, "hgd"), phase="hgd",
-                metrics_path=ready["metrics_path"], keep=cfg.keep_checkpoints,
-                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
-    if int(state.step) < cfg.purifier_epochs * steps:
+    state = purification.fit_purifier(cfg, init_state(cfg, net, jax.random.key(cfg.seed + 1),
+                                                      steps),
+                                      train_step(cfg, net, ready["target"]), ready, "hgd",
+                                      progress)
+    if state is None:
         return {"stopped": "hgd"}
     return purification.closing_report(cfg, make_purifier(net, state.params, state.batch_stats),
                                        ready, progress)
@@ -160,10 +157,8 @@ def build(cfg: HGDConfig) -> purification.PurifierNets:
 
 
 def restore(workdir: str, cfg: HGDConfig, nets) -> dict:
-    from jaxdefense.checkpoint import restore_variables
-    return {"purifier": restore_variables(os.path.join(workdir, "hgd"),
-                                          init_state(cfg, nets.purifier, jax.random.key(0))),
-            "target": purification.restore_target(cfg)[1]}
+    return purification.restore_purifier(workdir, cfg, "hgd",
+                                         init_state(cfg, nets.purifier, jax.random.key(0)))
 
 
 def serve(cfg: HGDConfig, nets, variables):

@@ -130,6 +130,28 @@ def serve_restored(make_purifier, nets: PurifierNets, variables):
                           make_purifier(nets.purifier, pv["params"], pv["batch_stats"]))
 
 
+def fit_purifier(cfg: PurificationConfig, state, step, ready: dict, phase: str,
+                 progress: bool = True):
+    """Fit a purifier's `state` with `step` on the seen-attack stack of `ready` (`prepare`),
+    resumable, in workdir/<phase>; the fitted state, or None when stop_after_epochs ended
+    the call early."""
+    from jaxdefense.training import fit
+    steps = len(ready["stack"]) // cfg.purifier_batch_size
+    state = fit(state, step, ready["stack"], ready["train"].y, epochs=cfg.purifier_epochs,
+                batch_size=cfg.purifier_batch_size, seed=cfg.seed, augment=cfg.augment,
+                ckpt_dir=os.path.join(cfg.workdir, phase), phase=phase,
+                metrics_path=ready["metrics_path"], keep=cfg.keep_checkpoints,
+                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
+    return state if int(state.step) >= cfg.purifier_epochs * steps else None
+
+
+def restore_purifier(workdir: str, cfg: PurificationConfig, phase: str, template) -> dict:
+    """{'purifier': the newest workdir/<phase> checkpoint (restored into `template`, a
+    TrainState of the purifier), 'target': the target's variables}."""
+    return {"purifier": restore_variables(os.path.join(workdir, phase), template),
+            "target": restore_target(cfg)[1]}
+
+
 def train_target(cfg: PurificationConfig, train, test, metrics_path, progress=True):
     """Train the target in workdir/target (resumable), or restore --target_workdir.
     Returns (model, variables), or None if stopped early by stop_after_epochs."""
