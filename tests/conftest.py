@@ -8,11 +8,16 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 
-# XLA's persistent compilation cache for the tests run in this process (not the CLIs they
-# start): a second run compiles only what changed, which is most of the suite's time.
-# JAXDEFENSE_TEST_CACHE=0 turns it off; a path moves it; `rm -rf .cache` empties it. Kept
+# XLA's persistent compilation cache for the quick suite's workers (pytest-xdist; not the
+# CLIs they start): a second run compiles only what changed, which is most of its time.
+# A run in one process (`-n 0`, as CI's on a clean clone) writes no cache: it would only
+# pay on a later run, serializing every executable costs time, and two such runs of the
+# whole suite died (SIGSEGV) in jaxlib's compile-and-write-cache path after about 210
+# tests. JAXDEFENSE_TEST_CACHE=0 turns it off; a path moves it (and turns it on for `-n 0`
+# too); `rm -rf .cache` empties it. Kept
 # under 512 MiB (least recently used entries evicted; jax needs `filelock` for that).
-_CACHE = os.environ.get("JAXDEFENSE_TEST_CACHE", str(REPO / ".cache" / "jax-tests"))
+_CACHE = os.environ.get("JAXDEFENSE_TEST_CACHE") or (
+    str(REPO / ".cache" / "jax-tests") if os.environ.get("PYTEST_XDIST_WORKER") else "0")
 if _CACHE != "0":
     import jax
     jax.config.update("jax_compilation_cache_dir", _CACHE)
@@ -26,6 +31,13 @@ if _CACHE != "0":
         for entry in pathlib.Path(_CACHE).glob("*-cache"):
             if not entry.with_name(entry.name[:-len("cache")] + "atime").exists():
                 entry.unlink(missing_ok=True)
+
+# The test process is a library user's process: the command lines its tests call in-process
+# (`cli.main([...])`) leave malloc as it is instead of retuning it halfway through a run
+# that has already allocated (`host_memory.apply_default`); the command lines the tests start
+# as processes (`run_env`) choose as a user's do.
+_MALLOC_SET_HERE = "JAXDEFENSE_KEEP_FREED_MEMORY" not in os.environ
+os.environ.setdefault("JAXDEFENSE_KEEP_FREED_MEMORY", "0")
 
 from jaxdefense.defenses.grfd.config import preset  # noqa: E402
 
@@ -46,6 +58,8 @@ def mnist_dir():
 
 def run_env(devices: int = 1) -> dict:
     env = dict(os.environ)
+    if _MALLOC_SET_HERE:
+        env.pop("JAXDEFENSE_KEEP_FREED_MEMORY")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = str(REPO)
     return env
