@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxdefense.data import dataset_info
 
-CLASSIFIER_NAMES = ("lenet5", "wide_resnet", "resnet18", "vgg16_bn")
+CLASSIFIER_NAMES = ("lenet5", "lenet5_advertorch", "wide_resnet", "resnet18", "vgg16_bn")
 
 
 @dataclasses.dataclass
@@ -28,8 +28,9 @@ class ExperimentConfig:
     limit_eval: Optional[int] = None
     augment: bool = False             # random crop (pad 4) + flip, CIFAR presets
     # classifier
-    classifier: str = "lenet5"        # lenet5 | wide_resnet | resnet18 | vgg16_bn
-    lenet_width: float = 1.0
+    classifier: str = "lenet5"        # lenet5 | lenet5_advertorch | wide_resnet | resnet18 |
+                                      # vgg16_bn
+    lenet_width: float = 1.0          # channel multiplier of both LeNet-5s
     width: float = 1.0                # channel multiplier of resnet18 / vgg16_bn (tests: 0.125)
     wrn_depth: int = 28
     wrn_widen: int = 10
@@ -96,8 +97,8 @@ def make_classifier(cfg: ExperimentConfig, residual_input: bool = False, feature
     mean = (0.0,) * len(info["mean"]) if residual_input else info["mean"]
     common = dict(num_classes=info["num_classes"], mean=mean, std=info["std"],
                   dtype=jnp.dtype(cfg.dtype), feature_hook=feature_hook)
-    if cfg.classifier == "lenet5":
-        return build_classifier("lenet5", width=cfg.lenet_width, **common)
+    if cfg.classifier in ("lenet5", "lenet5_advertorch"):
+        return build_classifier(cfg.classifier, width=cfg.lenet_width, **common)
     if cfg.classifier == "wide_resnet":
         return build_classifier("wide_resnet", depth=cfg.wrn_depth, widen=cfg.wrn_widen,
                                 dropout=cfg.wrn_dropout, **common)

@@ -8,7 +8,7 @@ import pytest
 
 from jaxdefense import attacks, cpu_kernels
 from jaxdefense.cpu_kernels import conv, pool
-from jaxdefense.models import LVCVAE, VGG16BN, LeNet5, ResNet18, WideResNet
+from jaxdefense.models import LVCVAE, VGG16BN, AdvertorchLeNet5, LeNet5, ResNet18, WideResNet
 from jaxdefense.models.common import MaxPool
 
 
@@ -285,6 +285,7 @@ def _every_model():
     cifar = jnp.full((2, 32, 32, 3), 0.5)
     return {
         "LeNet5": (LeNet5(width=0.5), img, {}, True),
+        "advertorch LeNet5": (AdvertorchLeNet5(width=0.25), img, {}, True),
         "WideResNet": (WideResNet(num_classes=10, depth=10, widen=1), cifar, {}, False),
         "ResNet18": (ResNet18(num_classes=10, width=0.125), cifar, {}, False),
         "VGG16BN": (VGG16BN(num_classes=10, width=0.125), cifar, {}, True),

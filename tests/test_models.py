@@ -5,12 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdefense.models import LVCVAE, VGG16BN, LeNet5, ResNet18, WideResNet, build_classifier
+from jaxdefense.models import (LVCVAE, VGG16BN, AdvertorchLeNet5, LeNet5, ResNet18, WideResNet,
+                               build_classifier)
 from jaxdefense.models.common import conv_dtype
 
 
 @pytest.mark.parametrize("model,shape", [
     (LeNet5(num_classes=10, width=0.5), (2, 28, 28, 1)),
+    (AdvertorchLeNet5(num_classes=10, width=0.25), (2, 28, 28, 1)),
     (WideResNet(num_classes=100, depth=10, widen=1), (2, 32, 32, 3)),
     (ResNet18(num_classes=10, width=0.125), (2, 32, 32, 3)),
     (VGG16BN(num_classes=10, width=0.125), (2, 32, 32, 3)),

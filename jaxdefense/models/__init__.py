@@ -1,14 +1,14 @@
 """Flax models. All take float32 NHWC images in pixel units and normalize internally."""
 from __future__ import annotations
 
-from jaxdefense.models.lenet import LeNet5
+from jaxdefense.models.lenet import AdvertorchLeNet5, LeNet5
 from jaxdefense.models.resnet import ResNet18
 from jaxdefense.models.vae import LVCVAE
 from jaxdefense.models.vgg import VGG16BN
 from jaxdefense.models.wide_resnet import WideResNet
 
-CLASSIFIERS = {"lenet5": LeNet5, "wide_resnet": WideResNet, "resnet18": ResNet18,
-               "vgg16_bn": VGG16BN}
+CLASSIFIERS = {"lenet5": LeNet5, "lenet5_advertorch": AdvertorchLeNet5,
+               "wide_resnet": WideResNet, "resnet18": ResNet18, "vgg16_bn": VGG16BN}
 
 
 def build_classifier(arch: str, **kwargs):
@@ -18,5 +18,5 @@ def build_classifier(arch: str, **kwargs):
     return CLASSIFIERS[arch](**kwargs)
 
 
-__all__ = ["LeNet5", "LVCVAE", "ResNet18", "VGG16BN", "WideResNet", "CLASSIFIERS",
+__all__ = ["LeNet5", "AdvertorchLeNet5", "LVCVAE", "ResNet18", "VGG16BN", "WideResNet", "CLASSIFIERS",
            "build_classifier"]

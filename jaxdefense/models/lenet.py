@@ -42,3 +42,33 @@ class LeNet5(nn.Module):
         x = nn.relu(nn.Dense(w(84), dtype=self.dtype)(x))
         self.sow("intermediates", "embedding", x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+
+
+class AdvertorchLeNet5(nn.Module):
+    """advertorch's `test_utils.LeNet5` (the target of the ARN paper's MNIST tables):
+    conv3x3(32, same) - pool - conv3x3(64, same) - pool - fc200 - fc classes, ReLU.
+
+    `width` scales every layer (tests use less). Inputs NHWC in pixel units, normalized here
+    with (mean, std) (advertorch's takes [0, 1] pixels as they are).
+    feature_hook: as LeNet5's, on the last feature map (64x7x7 at width 1).
+    """
+    num_classes: int = 10
+    width: float = 1.0
+    mean: Sequence[float] = (0.1307,)
+    std: Sequence[float] = (0.3081,)
+    dtype: Any = jnp.float32
+    feature_hook: Optional[nn.Module] = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        w = lambda n: max(1, int(round(n * self.width)))
+        x = normalize(x, self.mean, self.std, self.dtype)
+        for i, c in enumerate((32, 64)):
+            x = nn.Conv(w(c), (3, 3), padding="SAME", dtype=self.dtype, name=f"Conv_{i}")(x)
+            x = nn.relu(MaxPool()(x))            # pool before relu: the same values
+        if self.feature_hook is not None:
+            x = self.feature_hook(x, train)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(w(200), dtype=self.dtype)(x))
+        self.sow("intermediates", "embedding", x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
