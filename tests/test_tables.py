@@ -2,6 +2,7 @@
 the paper's, each protocol attacks what it should, targeted entries get wrong-class targets,
 the ARN layout shows errors with the published value beside each cell."""
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +113,7 @@ class _Model:
     parts: dict
     stochastic: bool = False
     defense: str = "arn"
+    num_classes: int = 10
 
 
 def test_each_protocol_attacks_what_it_should():
@@ -180,3 +182,43 @@ def test_the_plan_builds_every_arn_run_with_its_seen_attacks(tmp_path):
     assert list(only) == ["none", "arn_dp"]
     with pytest.raises(ValueError, match="has no cifar10 setting"):
         engine.plan(tables.get("arn", "1"), str(tmp_path), "cifar10", True, {}, {})
+
+
+def test_a_stopped_system_resumes_from_its_finished_batches(tmp_path, monkeypatch):
+    """The engine gives each protocol's report a batch cache named after the system's
+    fingerprint (so a stopped measurement resumes at its first unfinished batch) and drops it
+    once the system's result is written."""
+    import jaxdefense
+    spec = tables.get("arn", "4")
+    purify = lambda x: x                                       # noqa: E731
+    models = {"none": _Model(_net, {}, defense="standard"),
+              "apegan_pp": _Model(_net, {"purify": purify, "classifier": _net},
+                                  defense="apegan"),
+              "arn_pp": _Model(_net, {"purify": purify, "classifier": _net})}
+    monkeypatch.setattr(jaxdefense, "load", lambda w: models[os.path.basename(w)])
+    for name in models:
+        os.makedirs(tmp_path / "runs" / name)
+    workdirs = {n: str(tmp_path / "runs" / n) for n in models}
+    seen = []
+
+    def fake_report(m, x, y, key, attacks, threats, batch_size, progress, cache=None,
+                    per_example=False):
+        seen.append(cache)
+        os.makedirs(cache, exist_ok=True)
+        ok = np.ones(len(x), bool)
+        return {"clean": 1.0, "per_example": {"clean": ok, **{f"{threats[0]}/{a}": ok
+                                                              for a in attacks}},
+                threats[0]: {**{a: 1.0 for a in attacks}, "worst_case": 1.0}}
+    monkeypatch.setattr(robustness, "report", fake_report)
+    x = jnp.zeros((4, 4, 4, 1))
+    y = jnp.zeros((4,), jnp.int32)
+    out = engine.evaluate(spec, workdirs, "mnist", x, y, spec.attacks("mnist", 2, 2),
+                          jax.random.key(0), only={"arn_pp"}, cache_dir=str(tmp_path / "c"),
+                          run_checks=False, progress=False)
+    assert out["arn_pp"]["status"] == "measured"
+    assert [os.path.basename(p) for p in seen] == ["paper", "adaptive"]
+    parent = os.path.dirname(seen[0])
+    assert os.path.dirname(parent) == str(tmp_path / "c" / "batches")
+    assert os.path.basename(parent).startswith("arn_pp-")
+    assert not os.path.exists(parent)                 # dropped once the result is written
+    assert (tmp_path / "c" / "arn_pp.json").exists()

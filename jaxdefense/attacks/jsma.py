@@ -12,8 +12,9 @@ classified as its target or after int(d * gamma / 2) iterations (d = H * W * C f
 There is no best-point tracking: a failed sample comes back with the features it changed.
 
 Cost: each iteration one forward pass and two input gradients of the batch, and the pair
-scores (d^2 per sample, computed in slices of `pair_batch` samples to bound memory:
-about 2.5 MB per sample on MNIST).
+scores (d^2 per sample, about 2.5 MB on MNIST) of the samples not yet at their target, one
+sample at a time (`lax.map` with `lax.cond`: a sample that is done costs nothing, and the
+loop runs until the last one is).
 """
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ from jaxdefense.attacks.common import check_images
 from jaxdefense import cpu_kernels
 
 
-def jsma(logits_fn, x, y, key=None, *, target=None, theta: float = 1.0, gamma: float = 1.0,
-         pair_batch: int = 16):
+def jsma(logits_fn, x, y, key=None, *, target=None, theta: float = 1.0, gamma: float = 1.0):
     """Targeted JSMA with advertorch's defaults (theta 1, gamma 1); returns x_adv in [0, 1].
     target: [B] classes (required: the attack is targeted). y and key are unused (the
     common attack signature); the loop stops per sample on reaching its target."""
@@ -37,10 +37,8 @@ def jsma(logits_fn, x, y, key=None, *, target=None, theta: float = 1.0, gamma: f
                          f"got {None if target is None else target.shape}")
     if theta == 0 or not (0 < gamma <= 1):
         raise ValueError(f"theta must be non-zero and gamma in (0, 1], got {theta}, {gamma}")
-    if pair_batch < 1:
-        raise ValueError(f"pair_batch must be >= 1, got {pair_batch}")
     return _jsma(cpu_kernels.use(logits_fn, "rounding"), x, target, float(theta),
-                 float(gamma), pair_batch)
+                 float(gamma))
 
 
 def _best_pair(g_t, g_o, domain, increase: bool):
@@ -51,12 +49,12 @@ def _best_pair(g_t, g_o, domain, increase: bool):
     ok = (alpha > 0) & (beta < 0) if increase else (alpha < 0) & (beta > 0)
     ok = ok & domain[:, None] & domain[None, :] & ~jnp.eye(d, dtype=bool)
     score = jnp.where(ok, -alpha * beta, 0.0).reshape(-1)
-    best = jnp.argmax(score)
+    best = jnp.argmax(score).astype(jnp.int32)
     return best % d, best // d, jnp.any(ok)
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "theta", "gamma", "pair_batch"))
-def _jsma(logits_fn, x, target, theta, gamma, pair_batch):
+@partial(jax.jit, static_argnames=("logits_fn", "theta", "gamma"))
+def _jsma(logits_fn, x, target, theta, gamma):
     b = x.shape[0]
     d = x[0].size
     max_iters = int(d * gamma / 2)
@@ -73,8 +71,11 @@ def _jsma(logits_fn, x, target, theta, gamma, pair_batch):
         (g_all,) = vjp(jnp.ones_like(logits))
         g_t = g_t.reshape(b, d)
         g_o = g_all.reshape(b, d) - g_t
-        p, q, valid = jax.lax.map(lambda a: _best_pair(*a, theta > 0), (g_t, g_o, domain),
-                                  batch_size=pair_batch)
+        def pair(a):
+            *grads, active = a
+            return jax.lax.cond(active, lambda: _best_pair(*grads, theta > 0),
+                                lambda: (jnp.int32(0), jnp.int32(0), jnp.bool_(False)))
+        p, q, valid = jax.lax.map(pair, (g_t, g_o, domain, pred != target))
         move = (pred != target) & valid
         rows = jnp.arange(b)
         step = jnp.zeros((b, d), x.dtype).at[rows, p].add(theta).at[rows, q].add(theta)

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 from typing import Optional
 
 import jax
@@ -332,7 +333,9 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
     the paper's (same attack). With `cache_dir`, each finished system is written to
     cache_dir/<system>.json and taken from there by a later call with the same examples,
     attacks, key, draws, runs and code, so a table that stopped part-way resumes at the
-    first unfinished system."""
+    first unfinished system; within a system, each finished attack batch is kept under
+    cache_dir/batches/ (named after the same fingerprint) until the system is done, so the
+    unfinished system resumes at its first unfinished batch."""
     import jaxdefense
     models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
     num_classes = models[spec.source].num_classes
@@ -341,7 +344,7 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
         if only is not None and system.name not in only:
             continue
         k = jax.random.fold_in(key, i)
-        cached = None
+        cached = batches = None
         if cache_dir is not None:
             cached = os.path.join(cache_dir, f"{system.name}.json")
             stamp = fingerprint(spec, system, workdirs, x, y, attacks, k, batch_size,
@@ -354,21 +357,25 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
                         print(f"== {system.label}: measured earlier ({cached})", flush=True)
                     out[system.name] = earlier["column"]
                     continue
+            # finished attack batches of this measurement: a stopped one resumes there
+            batches = os.path.join(cache_dir, "batches", f"{system.name}-{stamp[:16]}")
         protocol = PROTOCOLS[system.protocol] + (
             f" ({system.crafted_on})" if system.crafted_on else "")
         entry = {"label": system.label, "paper_protocol": protocol}
         paper_m, adaptive_m, threat = system_models(spec, system, models, dataset, eval_draws)
         if progress:
             print(f"== attacking {system.label}", flush=True)
+        sub = (lambda p: os.path.join(batches, p)) if batches else (lambda p: None)
         paper = robustness.report(paper_m, x, y, k, attacks, (threat,), batch_size, progress,
-                                  per_example=True)
+                                  cache=sub("paper"), per_example=True)
         paper_row = {"clean": paper["clean"], **_with_avg(spec, paper[threat])}
         if paper_m is adaptive_m:
             adaptive = paper
             wb_row = paper_row
         else:
-            adaptive = robustness.report(adaptive_m, x, y, k, attacks,
-                                         ("whitebox",), batch_size, progress, per_example=True)
+            adaptive = robustness.report(adaptive_m, x, y, k, attacks, ("whitebox",),
+                                         batch_size, progress, cache=sub("adaptive"),
+                                         per_example=True)
             wb_row = {"clean": adaptive["clean"], **_with_avg(spec, adaptive["whitebox"])}
         rows = {"paper": paper_row, "adaptive": combine(spec, paper, adaptive),
                 "whitebox_only": wb_row,
@@ -388,6 +395,7 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
                             "eval_draws": adaptive_m.eval_draws, "served": served, **rows}
         if cached is not None:
             files.write_json(cached, {"fingerprint": stamp, "column": out[system.name]})
+            shutil.rmtree(batches, ignore_errors=True)
     return out
 
 
