@@ -11,10 +11,9 @@ MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 # XLA's persistent compilation cache for the quick suite's workers (pytest-xdist; not the
 # CLIs they start): a second run compiles only what changed, which is most of its time.
 # A run in one process (`-n 0`, as CI's on a clean clone) writes no cache: it would only
-# pay on a later run, serializing every executable costs time, and two such runs of the
-# whole suite died (SIGSEGV) in jaxlib's compile-and-write-cache path after about 210
-# tests. JAXDEFENSE_TEST_CACHE=0 turns it off; a path moves it (and turns it on for `-n 0`
-# too); `rm -rf .cache` empties it. Kept
+# pay on a later run, and serializing every executable costs time. JAXDEFENSE_TEST_CACHE=0
+# turns it off; a path moves it (and turns it on for `-n 0` too); `rm -rf .cache` empties
+# it. Kept
 # under 512 MiB (least recently used entries evicted; jax needs `filelock` for that).
 _CACHE = os.environ.get("JAXDEFENSE_TEST_CACHE") or (
     str(REPO / ".cache" / "jax-tests") if os.environ.get("PYTEST_XDIST_WORKER") else "0")
@@ -33,13 +32,25 @@ if _CACHE != "0":
                 entry.unlink(missing_ok=True)
 
 # The test process is a library user's process: the command lines its tests call in-process
-# (`cli.main([...])`) leave malloc as it is instead of retuning it halfway through a run
-# that has already allocated (`host_memory.apply_default`); the command lines the tests start
-# as processes (`run_env`) choose as a user's do.
+# (`cli.main([...])`) leave malloc as it is instead of retuning it halfway through the run
+# (`host_memory.apply_default`); the command lines the tests start as processes (`run_env`)
+# choose as a user's do.
 _MALLOC_SET_HERE = "JAXDEFENSE_KEEP_FREED_MEMORY" not in os.environ
 os.environ.setdefault("JAXDEFENSE_KEEP_FREED_MEMORY", "0")
 
 from jaxdefense.defenses.grfd.config import preset  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. XLA:CPU maps about 3 memory
+    regions per live executable (measured: 3.2 per small jit, all released by
+    `jax.clear_caches`); the whole suite in one process (`-n 0`) otherwise keeps ~20,000
+    alive and crosses Linux's vm.max_map_count (65,530), where the next compilation dies
+    with SIGSEGV (it did, after about 210 tests, in three runs)."""
+    yield
+    import jax
+    jax.clear_caches()
 
 
 @pytest.fixture
