@@ -7,8 +7,9 @@ gradient-based search, then PGD inside it (the reference's MNIST recipe
 `mnist_roa.py --ROAwidth 7 --ROAheight 7`: 7 x 7, stride 1, 20 candidates, 30 steps of 0.05,
 SGD at lr 0.01 without momentum, 30 epochs from scratch). The model is served as it is:
 a deterministic classifier, attacked white-box ('DOA 7x7' in ARN's tables).
-Differences from the reference: the classifier is the dataset's (LeNet-5 on MNIST; the
-reference trains its own small CNN), and training runs in training mode (the reference's
+Differences from the reference: the classifier is the config's (LeNet-5 on MNIST by
+default, advertorch's in ARN's tables; the reference trains its own small CNN), and
+training runs in training mode (the reference's
 MNIST script leaves the model in evaluation mode after the first attack, so its BatchNorm
 never updates; LeNet-5 has none).
 """
