@@ -36,7 +36,7 @@ def append_line(path: str, line: str) -> None:
 
 # What a measurement depends on besides its inputs: the code that attacks and serves.
 MEASURING_CODE = ("attacks", "cpu_kernels", "defenses", "models", "robustness.py", "defended.py",
-                  "evaluation.py", "table3.py")
+                  "evaluation.py", "table3.py", "tables")
 
 
 @functools.lru_cache(maxsize=None)
