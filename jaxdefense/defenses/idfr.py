@@ -51,9 +51,7 @@ class IDFRConfig(PurificationConfig):
 
 PRESETS = with_cifar100({
     "mnist": dict(dataset="mnist", epochs=20),
-    "digits": dict(dataset="digits", epochs=30, batch_size=64, eval_every=5, attack_eps=0.2,
-                   attack_step_size=0.02, attack_steps=20, purifier_epochs=20, fr_epochs=10,
-                   purifier_batch_size=64),
+    "digits": dict(purification.DIGITS, purifier_epochs=20, fr_epochs=10),
     "cifar10": dict(dataset="cifar10", classifier="wide_resnet", augment=True,
                     attack_eps=8 / 255, attack_step_size=2 / 255, attack_steps=10,
                     noise_std=8 / 255),

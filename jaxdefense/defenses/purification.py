@@ -27,8 +27,13 @@ from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
 from jaxdefense.defenses import standard
 from jaxdefense.evaluation import padded_batch_size
+from jaxdefense.training import fit
 
 SEEN_ATTACKS = ("pgd", "pgd_targeted", "fgsm", "ddn")
+# The purifiers' digits preset (8x8 digits upscaled to 28x28): the target's schedule and the
+# seen attacks' budget; each purifier adds its own epochs.
+DIGITS = dict(dataset="digits", epochs=30, batch_size=64, eval_every=5, attack_eps=0.2,
+              attack_step_size=0.02, attack_steps=20, purifier_batch_size=64)
 
 
 @dataclasses.dataclass
@@ -135,7 +140,6 @@ def fit_purifier(cfg: PurificationConfig, state, step, ready: dict, phase: str,
     """Fit a purifier's `state` with `step` on the seen-attack stack of `ready` (`prepare`),
     resumable, in workdir/<phase>; the fitted state, or None when stop_after_epochs ended
     the call early."""
-    from jaxdefense.training import fit
     steps = len(ready["stack"]) // cfg.purifier_batch_size
     state = fit(state, step, ready["stack"], ready["train"].y, epochs=cfg.purifier_epochs,
                 batch_size=cfg.purifier_batch_size, seed=cfg.seed, augment=cfg.augment,
