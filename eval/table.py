@@ -119,7 +119,7 @@ def check_settings(spec, dataset: str, max_steps, eot) -> dict:
 
 def run(spec, args) -> int:
     """Plan, train, measure and write `spec` as `args` ask; 0, or 2 with a message."""
-    root = args.root or os.path.join("runs", spec.stem if spec.paper != "grfd" else "table3")
+    root = args.root or os.path.join("runs", spec.stem)
     try:
         only = None
         if args.columns:

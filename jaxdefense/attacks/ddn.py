@@ -23,11 +23,11 @@ import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_images
 from jaxdefense.attacks.losses import cross_entropy
+from jaxdefense.attacks.norms import get_norm
 from jaxdefense import cpu_kernels
 
 
-def _l2(v):
-    return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
+_l2 = get_norm("L2").size          # per-sample L2 norm [B]
 
 
 def ddn(logits_fn, x, y, key, *, target=None, steps: int = 100, gamma: float = 0.05,

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdefense.attacks.common import check_images
+from jaxdefense.attacks.common import check_budget, check_images
 from jaxdefense.attacks.losses import cross_entropy
 from jaxdefense import cpu_kernels
 
@@ -58,11 +58,9 @@ def fwa(logits_fn, x, y, key=None, *, eps: float, steps: int = 300, kernel: int 
     1e-3, 50 dual bisection steps, tolerance 1e-4). Untargeted; returns x_adv in [0, 1].
     key is unused (deterministic)."""
     check_images(x, y)
-    if not (eps >= 0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
-    if steps < 1 or dual_steps < 1 or kernel < 1 or kernel % 2 == 0:
-        raise ValueError(f"steps and dual_steps must be >= 1 and kernel odd, got {steps}, "
-                         f"{dual_steps}, {kernel}")
+    check_budget(eps, steps=steps)
+    if dual_steps < 1 or kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"dual_steps must be >= 1 and kernel odd, got {dual_steps}, {kernel}")
     if not (gamma > 0 and dual_tol > 0):
         raise ValueError(f"gamma and dual_tol must be > 0, got {gamma}, {dual_tol}")
     src, cost = neighbourhood(x.shape[1], x.shape[2], kernel)

@@ -44,20 +44,14 @@ class LeNet5(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
 
 
-class AdvertorchLeNet5(nn.Module):
+class AdvertorchLeNet5(LeNet5):
     """advertorch's `test_utils.LeNet5` (the target of the ARN paper's MNIST tables):
     conv3x3(32, same) - pool - conv3x3(64, same) - pool - fc200 - fc classes, ReLU.
 
-    `width` scales every layer (tests use less). Inputs NHWC in pixel units, normalized here
-    with (mean, std) (advertorch's takes [0, 1] pixels as they are).
-    feature_hook: as LeNet5's, on the last feature map (64x7x7 at width 1).
+    LeNet5's fields: `width` scales every layer (tests use less); inputs NHWC in pixel units,
+    normalized here with (mean, std) (advertorch's takes [0, 1] pixels as they are);
+    feature_hook on the last feature map (64x7x7 at width 1).
     """
-    num_classes: int = 10
-    width: float = 1.0
-    mean: Sequence[float] = (0.1307,)
-    std: Sequence[float] = (0.3081,)
-    dtype: Any = jnp.float32
-    feature_hook: Optional[nn.Module] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):

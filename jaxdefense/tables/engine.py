@@ -303,7 +303,6 @@ def checks(spec: Spec, models, x, y, key, pgd: dict, whitebox: dict, paper: dict
             predict=predict)
         return float(ok.mean())
 
-    pgd = {k: v for k, v in pgd.items() if k not in ("attack", "targeted")}
     eps = pgd["eps"]
     sweep = [acc(dict(pgd, eps=e * eps, step_size=pgd.get("step_size", eps / 4) * e), i)
              for i, e in enumerate((0.5, 1.0, 2.0))]
