@@ -44,10 +44,10 @@ from jaxdefense.defenses.grfd.config import preset  # noqa: E402
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop every compiled program after each test module. XLA:CPU maps about 3 memory
-    regions per live executable (measured: 3.2 per small jit, all released by
-    `jax.clear_caches`); the whole suite in one process (`-n 0`) otherwise keeps ~20,000
-    alive and crosses Linux's vm.max_map_count (65,530), where the next compilation dies
-    with SIGSEGV (it did, after about 210 tests, in three runs)."""
+    regions per live executable, all released by `jax.clear_caches` (bench/executable_maps.py);
+    the whole suite in one process (`-n 0`) otherwise keeps ~20,000 alive and crosses Linux's
+    vm.max_map_count (65,530), where the next compilation dies with SIGSEGV (after about 210
+    tests)."""
     yield
     import jax
     jax.clear_caches()
