@@ -1,6 +1,7 @@
 """Orbax checkpoints of training states, and the config a workdir records about itself."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,23 +21,74 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint's files cannot be read (a truncated or damaged file)."""
 
 
-class Checkpoints:
-    """Every-epoch checkpoints of a pytree under `directory`, keeping the latest `keep`.
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (a full, read-only or vanished disk); the message
+    names the newest checkpoint that was written whole, from which the run resumes."""
 
-    Steps are the number of completed epochs. Saving is asynchronous; `close()` waits.
+
+class Checkpoints:
+    """Checkpoints of a pytree under `directory`, keeping the latest `keep`.
+
+    Steps are whatever the caller counts (training: completed epochs; mid-epoch checkpoints:
+    optimizer steps). Saving is asynchronous and atomic (orbax writes a temporary directory
+    and renames it; one left by a kill is removed when the directory is opened again);
+    `close()` waits. meta: each checkpoint also holds a small JSON dict (`save(..., meta=)`,
+    `restore_newest_good` then returns it too).
     """
 
-    def __init__(self, directory: str, keep: int = 3):
+    def __init__(self, directory: str, keep: int = 3, meta: bool = False):
         self.directory = os.path.abspath(directory)
+        self.meta = meta
+        handlers = ({"state": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()} if meta
+                    else ocp.StandardCheckpointHandler())
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-            item_handlers=ocp.StandardCheckpointHandler())
+            self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True),
+            item_handlers=handlers)
 
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, tree) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(tree))
+    def save(self, step: int, tree, meta: dict | None = None) -> None:
+        """Start writing `tree` (and `meta`) as `step`; a failed write (this one's start or
+        the previous one's finish) raises CheckpointWriteError."""
+        args = (ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                   meta=ocp.args.JsonSave(meta or {}))
+                if self.meta else ocp.args.StandardSave(tree))
+        with self._writing(step):
+            self.manager.save(step, args=args)
+
+    def wait(self) -> None:
+        """Block until the save in flight is on disk (CheckpointWriteError if it failed)."""
+        with self._writing(None):
+            self.manager.wait_until_finished()
+
+    def delete(self, step: int) -> None:
+        self.manager.delete(step)
+
+    @contextlib.contextmanager
+    def _writing(self, step):
+        try:
+            yield
+        except CheckpointWriteError:
+            raise
+        except Exception as e:     # tensorstore reports a full disk as a ValueError
+            try:
+                try:
+                    self.manager.wait_until_finished()    # an earlier save may still land
+                except Exception:
+                    pass
+                self.manager.reload()
+                good = self.latest()
+            except Exception:          # the disk may refuse the listing too
+                good = None
+            where = f" (saving step {step} or the one before)" if step is not None else ""
+            raise CheckpointWriteError(
+                f"could not write a checkpoint{where} in {self.directory} "
+                f"({type(e).__name__}: {e}); the newest checkpoint written whole is "
+                f"{'step ' + str(good) if good is not None else 'none'}, and the same command "
+                f"resumes from it once the disk has room (or use another --workdir)") from e
 
     def restore(self, template, step: int | None = None):
         """Restore into the structure, shapes and shardings of `template`. When the newest
@@ -59,11 +111,12 @@ class Checkpoints:
 
     def restore_newest_good(self, template):
         """(step, state) from the newest checkpoint that restores, or (0, template) when none
-        does. A corrupt checkpoint is moved aside to DIRECTORY.corrupt/STEP-TIME (nothing is
+        does; with `meta`, (step, state, meta) and meta {} when none does. A corrupt checkpoint is moved aside to DIRECTORY.corrupt/STEP-TIME (nothing is
         deleted) with a warning, so training redoes its epochs and saves them again."""
         for step in self.steps():
             try:
-                return step, self._restore(template, step)
+                restored = self._restore(template, step)
+                return (step, *restored) if self.meta else (step, restored)
             except CorruptCheckpointError as e:
                 aside = os.path.join(f"{self.directory}.corrupt", f"{step}-{int(time.time())}")
                 os.makedirs(os.path.dirname(aside), exist_ok=True)
@@ -71,7 +124,7 @@ class Checkpoints:
                 self.manager.reload()
                 warnings.warn(f"{e}; moved it to {aside} and resuming from an older checkpoint",
                               stacklevel=2)
-        return 0, template
+        return (0, template, {}) if self.meta else (0, template)
 
     def steps(self) -> list[int]:
         """Saved steps, newest first."""
@@ -87,6 +140,10 @@ class Checkpoints:
     def _restore(self, template, step: int):
         self._check_shapes(template, step)
         try:
+            if self.meta:
+                out = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+                return out["state"], dict(out["meta"])
             return self.manager.restore(step, args=ocp.args.StandardRestore(template))
         except Exception as e:  # orbax raises many types for damaged files
             raise CorruptCheckpointError(f"cannot restore {self.directory} step {step}: the "
@@ -100,6 +157,8 @@ class Checkpoints:
             raise CorruptCheckpointError(f"cannot read {self.directory} step {step}: the "
                                          f"checkpoint looks corrupt ({type(e).__name__}: {e})"
                                          ) from e
+        if meta is not None and self.meta:
+            meta = meta["state"] if "state" in meta else None
         if meta is None:
             raise CorruptCheckpointError(f"{self.directory} step {step} has no readable metadata")
         want = {_path(p): tuple(np.shape(v))
@@ -118,8 +177,10 @@ class Checkpoints:
                 f"arrays):\n" + "\n".join(lines))
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
 
 def _path(keys) -> str:

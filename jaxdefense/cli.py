@@ -88,9 +88,11 @@ def initialize_distributed() -> None:
 
 
 def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn) -> int:
-    """Parse a config, run `train_fn(cfg)`, print its result as JSON; bad input -> exit 2."""
+    """Parse a config, run `train_fn(cfg)`, print its result as JSON; bad input -> exit 2,
+    stopped by SIGTERM / SIGINT with its progress saved -> exit 75 (run it again)."""
     import json
     import sys
+    from jaxdefense import preemption
     from jaxdefense.checkpoint import CheckpointError
     from jaxdefense.data import DatasetError
     setup_process()
@@ -101,6 +103,9 @@ def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn
     except (CheckpointError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except preemption.Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return preemption.EXIT_RESUMABLE
     print(json.dumps(result, indent=2))
     return 0
 

@@ -54,6 +54,8 @@ class ExperimentConfig:
     keep_checkpoints: int = 3
     eval_every: int = 1               # epochs between held-out evaluations (0: only at the end)
     stop_after_epochs: Optional[int] = None  # leave after this many epochs in this call (resume later)
+    checkpoint_every_steps: int = 0   # also checkpoint inside an epoch every N steps (0: never)
+    checkpoint_every_seconds: float = 0  # ... or when this many seconds passed since the last
     attack_examples: int = 500        # examples for the closing white-box attack check
     attack_max_steps: Optional[int] = None  # cap on the closing attacks' iterations (smoke runs)
 
@@ -66,6 +68,8 @@ class ExperimentConfig:
             (self.dtype in ("float32", "bfloat16"), "dtype must be float32 or bfloat16"),
             (0 < self.train_fraction <= 1, "train_fraction must be in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.checkpoint_every_steps >= 0 and self.checkpoint_every_seconds >= 0,
+             "checkpoint_every_steps and checkpoint_every_seconds must be >= 0 (0: off)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -84,7 +88,7 @@ class ExperimentConfig:
 
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"workdir", "data_dir", "stop_after_epochs", "eval_every", "attack_examples",
-             "attack_max_steps",
+             "attack_max_steps", "checkpoint_every_steps", "checkpoint_every_seconds",
              "keep_checkpoints", "limit_eval"}
 
 
@@ -160,12 +164,18 @@ def start(cfg: ExperimentConfig, defense: str):
     """Validate, refuse a mismatching workdir, load the data, record the config.
 
     Returns (train, test, metrics_path, steps_per_epoch). Nothing is written before the
-    data has loaded, so a failed start leaves no workdir behind.
+    data has loaded, so a failed start leaves no workdir behind; an unwritable workdir is
+    refused first (CheckpointWriteError).
     """
     import os
-    from jaxdefense import checkpoint
+    from jaxdefense import checkpoint, files
     cfg.validate()
     check_workdir(cfg, defense)
+    try:
+        files.probe_writable(cfg.workdir)
+    except OSError as e:
+        raise checkpoint.CheckpointWriteError(
+            f"cannot write to --workdir {cfg.workdir}: {e}; choose another") from e
     train, test = load_datasets(cfg)
     checkpoint.save_config(cfg.workdir, defense, dataclasses.asdict(cfg))
     return train, test, os.path.join(cfg.workdir, "metrics.jsonl"), len(train) // cfg.batch_size

@@ -34,6 +34,33 @@ def append_line(path: str, line: str) -> None:
         f.write(line.rstrip("\n") + "\n")
 
 
+def probe_writable(directory: str) -> None:
+    """Raise OSError unless a file can be written, flushed to disk and removed in `directory`
+    (main process only); directories it had to create for the probe are removed again."""
+    if not is_main_process():
+        return
+    directory = os.path.abspath(directory)
+    created = []
+    d = directory
+    while not os.path.exists(d):
+        created.append(d)
+        d = os.path.dirname(d)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write-probe-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    finally:
+        for d in created:                  # deepest first
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
 # What a measurement depends on besides its inputs: the code that attacks and serves.
 MEASURING_CODE = ("attacks", "cpu_kernels", "defenses", "models", "robustness.py", "defended.py",
                   "evaluation.py", "table3.py", "tables")

@@ -2,8 +2,9 @@
 
 A defense brings `step(state, batch, key, hparams) -> (state, metrics)`: pure, jit-able,
 metrics a dict of scalars. `fit` shuffles deterministically from (seed, epoch), derives the
-step key from (seed, state.step), saves a checkpoint after every epoch and resumes from the
-latest one, so a killed run continues to the same parameters as an uninterrupted one.
+step key from (seed, state.step), saves a checkpoint after every epoch (and, when asked,
+every N steps or seconds) and resumes from the latest one, so a killed or preempted run
+continues to the same parameters as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import threading
 import time
 from typing import Any, Callable
@@ -22,7 +24,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from jaxdefense import cpu_kernels, files, summaries
+from jaxdefense import cpu_kernels, files, preemption, summaries
 from jaxdefense.checkpoint import Checkpoints
 from jaxdefense.data import train_batches
 from jaxdefense.sharding import (is_main_process, process_share, replicate, shard_batch,
@@ -206,6 +208,43 @@ def _host_means(pending: list) -> dict:
     return {k: [float(m[k]) for m in fetched] for k in fetched[0]}
 
 
+def resume_options(cfg) -> dict:
+    """`fit`'s checkpointing and early-stop arguments from an ExperimentConfig."""
+    return dict(keep=cfg.keep_checkpoints, stop_after_epochs=cfg.stop_after_epochs,
+                checkpoint_every_steps=cfg.checkpoint_every_steps,
+                checkpoint_every_seconds=cfg.checkpoint_every_seconds)
+
+
+PARTIAL = "-partial"     # mid-epoch checkpoints live in <ckpt_dir>-partial
+
+
+def _state_bytes(state) -> int:
+    return sum(int(np.prod(np.shape(v))) * np.dtype(getattr(v, "dtype", np.float32)).itemsize
+               for v in jax.tree_util.tree_leaves(state))
+
+
+def check_room(ckpt_dir: str, state, keep: int) -> None:
+    """Refuse (CheckpointWriteError) a checkpoint directory that cannot be written or has no
+    room for `keep` + 2 checkpoints of `state`, before any training; nothing is left behind
+    that was not there."""
+    from jaxdefense.checkpoint import CheckpointWriteError
+    need = (keep + 2) * _state_bytes(state)
+    top = os.path.abspath(ckpt_dir)
+    while not os.path.exists(top):
+        top = os.path.dirname(top)
+    try:
+        free = shutil.disk_usage(top).free
+        files.probe_writable(ckpt_dir)
+    except OSError as e:
+        raise CheckpointWriteError(f"cannot write checkpoints to {ckpt_dir}: {e}; choose "
+                                   f"another --workdir") from e
+    if free < need:
+        raise CheckpointWriteError(
+            f"{ckpt_dir}: {free / 2**20:.1f} MiB free on its disk, {need / 2**20:.1f} MiB "
+            f"needed for {keep} + 2 checkpoints of this model; free some space or choose "
+            f"another --workdir")
+
+
 def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epochs: int,
         batch_size: int, seed: int, ckpt_dir: str, phase: str, augment: bool = False,
         hparams_fn: Callable[[int], dict] = lambda epoch: {},
@@ -213,23 +252,44 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
         metrics_path: str | None = None, keep: int = 3,
         stop_after_epochs: int | None = None, progress: bool = True,
         log_every: int = 20, prefetch_batches: int = 2,
-        transfer_guard: str | None = None) -> TrainState:
+        transfer_guard: str | None = None, checkpoint_every_steps: int = 0,
+        checkpoint_every_seconds: float = 0) -> TrainState:
     """Train `state` for `epochs` epochs over (x, y), resuming from `ckpt_dir` if possible
     (from the newest checkpoint that restores: a corrupt one is set aside with a warning,
     and metrics of epochs redone are not written twice).
+
+    A checkpoint is saved after every epoch, and inside an epoch every
+    `checkpoint_every_steps` steps and, checked at each logging step, when
+    `checkpoint_every_seconds` have passed since the last save (0: never); a resume from one
+    continues the epoch with the batches an uninterrupted run would see, to the same
+    parameters. SIGTERM / SIGINT (`preemption`) end the run after the current step with a
+    checkpoint of it and raise `preemption.Preempted`; the same call resumes.
 
     hparams_fn(epoch) gives per-epoch scalars (e.g. GRFD's alpha) passed as arrays, so they
     never trigger a recompile. stop_after_epochs leaves early (a later call resumes).
     Metrics stay on the device between logging steps (every `log_every` steps and the last
     of an epoch), where they are fetched in one transfer and checked: a NaN or Inf stops
-    with `NonFiniteError` before anything of that epoch is saved. The next
-    `prefetch_batches` batches are prepared on a background thread (0: inline).
-    transfer_guard: a `jax.transfer_guard` level for the step loop ('disallow' turns any
-    implicit host-device transfer there into an error; the tests run it so).
+    with `NonFiniteError` before anything of that epoch is saved. An epoch's record is
+    appended to `metrics_path` before its checkpoint is written, and records past the
+    checkpoint a run resumes from are dropped, so each epoch is recorded once whatever
+    moment a run was killed at. The next `prefetch_batches` batches are prepared on a
+    background thread (0: inline). transfer_guard: a `jax.transfer_guard` level for the step
+    loop ('disallow' turns any implicit host-device transfer there into an error; the tests
+    run it so).
     """
     progress = progress and is_main_process()           # one process shows (and writes)
+    steps_per_epoch = len(x) // batch_size
+    template = replicate(state)
+    check_room(ckpt_dir, template, keep)
     ckpts = Checkpoints(ckpt_dir, keep)
-    start, state = ckpts.restore_newest_good(replicate(state))
+    partial = Checkpoints(ckpt_dir.rstrip("/") + PARTIAL, keep=2, meta=True)
+    start, state = ckpts.restore_newest_good(template)
+    skip, history0, seconds0 = 0, {}, 0.0
+    p_step, p_state, meta = partial.restore_newest_good(template)
+    if (p_step > start * steps_per_epoch and meta.get("steps_per_epoch") == steps_per_epoch
+            and meta.get("epoch", epochs) < epochs):
+        start, skip, state = meta["epoch"], meta["index"], p_state
+        history0, seconds0 = meta["history"], meta["seconds"]
     if metrics_path:
         drop_later_epochs(metrics_path, phase, start)
     base_key = jax.random.key(seed)
@@ -240,26 +300,41 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
 
     guard = ((lambda: jax.transfer_guard(transfer_guard)) if transfer_guard
              else contextlib.nullcontext)
-    steps_per_epoch = len(x) // batch_size
     last = epochs if stop_after_epochs is None else min(epochs, start + stop_after_epochs)
+    last_save = time.monotonic()
+
+    def save_partial(epoch: int, done: int, history: dict, seconds: float) -> None:
+        partial.save(epoch * steps_per_epoch + done, state, meta=dict(
+            epoch=epoch, index=done, steps_per_epoch=steps_per_epoch, history=history,
+            seconds=seconds))
+
+    def timed_out() -> bool:
+        due = bool(checkpoint_every_seconds) and (
+            time.monotonic() - last_save >= checkpoint_every_seconds)
+        if jax.process_count() > 1:        # every process must agree to save
+            from jax.experimental import multihost_utils
+            due = bool(np.any(multihost_utils.process_allgather(np.array(due))))
+        return due
+
     try:
-        for epoch in range(start, last):
-            hp_host = {k: np.float32(v) for k, v in hparams_fn(epoch).items()}
-            hparams = jax.device_put(hp_host)
-            batches = prefetch(train_batches(x, y, batch_size, seed, epoch, augment,
-                                             rows=process_share(batch_size)),
-                               prefetch_batches, shard_local_batch)
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"{phase} {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False)
-            history: dict = {}
-            pending, t0 = [], time.perf_counter()
-            try:
-                for i, batch in enumerate(bar):
-                    with guard():
-                        state, metrics = jstep(state, batch, hparams)
-                    pending.append(metrics)
-                    if (i + 1) % log_every and i != steps_per_epoch - 1:
-                        continue
+        with preemption.stop_requests():
+            for epoch in range(start, last):
+                first = skip if epoch == start else 0
+                hp_host = {k: np.float32(v) for k, v in hparams_fn(epoch).items()}
+                hparams = jax.device_put(hp_host)
+                batches = prefetch(train_batches(x, y, batch_size, seed, epoch, augment,
+                                                 rows=process_share(batch_size), start=first),
+                                   prefetch_batches, shard_local_batch)
+                bar = tqdm(batches, total=steps_per_epoch, initial=first,
+                           desc=f"{phase} {epoch + 1}/{epochs}", disable=not progress,
+                           leave=False)
+                history: dict = ({k: list(v) for k, v in history0.items()}
+                                 if epoch == start else {})
+                pending, t0 = [], time.perf_counter()
+                before = seconds0 if epoch == start else 0.0
+
+                def flush(i):
+                    nonlocal pending
                     values = _host_means(pending)
                     pending = []
                     bad = {k: v[-1] for k, v in values.items() if not np.all(np.isfinite(v))}
@@ -267,32 +342,75 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                         resume = ckpts.latest() or 0
                         raise NonFiniteError(
                             f"{phase} epoch {epoch + 1}, step {i + 1} of {steps_per_epoch}: "
-                            f"non-finite {bad}. Nothing of this epoch was saved; the run resumes "
-                            f"from the checkpoint of epoch {resume} in {ckpt_dir} (a lower "
-                            f"learning rate, gradient clipping or float32 may help)")
+                            f"non-finite {bad}. Nothing of this epoch was saved; the run "
+                            f"resumes from the checkpoint of epoch {resume} in {ckpt_dir} (a "
+                            f"lower learning rate, gradient clipping or float32 may help)")
                     for k, v in values.items():
                         history.setdefault(k, []).extend(v)
                     shown = {k: f"{v[-1]:.3g}" for k, v in values.items()}
-                    shown["img/s"] = f"{(i + 1) * batch_size / (time.perf_counter() - t0):.0f}"
+                    shown["img/s"] = (f"{(i + 1 - first) * batch_size / (time.perf_counter() - t0):.0f}")
                     bar.set_postfix(shown, refresh=False)
-            finally:
-                bar.close()
-                batches.close()
-            seconds = time.perf_counter() - t0
-            means = {k: float(np.mean(v)) for k, v in history.items()}
-            record = dict(phase=phase, epoch=epoch + 1, train=means, seconds=round(seconds, 3),
-                          images_per_s=round(steps_per_epoch * batch_size / seconds, 1),
-                          **{k: float(v) for k, v in hp_host.items()})
-            if eval_fn is not None and (epoch + 1 == epochs or
-                                        (eval_every and (epoch + 1) % eval_every == 0)):
-                record["eval"] = eval_fn(state)
-            ckpts.save(epoch + 1, state)
-            if metrics_path:
-                append_jsonl(metrics_path, record)
-            if progress:
-                summary = " ".join(f"{k}={v:.4g}" for k, v in means.items())
-                ev = " ".join(f"{k}={v:.4g}" for k, v in record.get("eval", {}).items())
-                tqdm.write(f"{phase} epoch {epoch + 1}/{epochs} ({seconds:.1f}s): {summary} {ev}")
+
+                try:
+                    for i, batch in enumerate(bar, start=first):
+                        with guard():
+                            state, metrics = jstep(state, batch, hparams)
+                        pending.append(metrics)
+                        done = i + 1
+                        why = preemption.requested(epoch * steps_per_epoch + done)
+                        logging = not done % log_every or done == steps_per_epoch
+                        periodic = (checkpoint_every_steps and done < steps_per_epoch and not
+                                    (epoch * steps_per_epoch + done) % checkpoint_every_steps)
+                        if not (logging or periodic or why):
+                            continue
+                        flush(i)
+                        if why or periodic or (done < steps_per_epoch and timed_out()):
+                            save_partial(epoch, done, history,
+                                         before + time.perf_counter() - t0)
+                            last_save = time.monotonic()
+                        if why:
+                            partial.wait()
+                            raise preemption.Preempted(
+                                f"{phase}: stopped by {why} after step {done} of epoch "
+                                f"{epoch + 1}/{epochs}; saved in {partial.directory}. Run the "
+                                f"same command to resume")
+                finally:
+                    bar.close()
+                    batches.close()
+                seconds = before + time.perf_counter() - t0
+                means = {k: float(np.mean(v)) for k, v in history.items()}
+                record = dict(phase=phase, epoch=epoch + 1, train=means,
+                              seconds=round(seconds, 3),
+                              images_per_s=round(steps_per_epoch * batch_size / seconds, 1),
+                              **{k: float(v) for k, v in hp_host.items()})
+                if eval_fn is not None and (epoch + 1 == epochs or
+                                            (eval_every and (epoch + 1) % eval_every == 0)):
+                    record["eval"] = eval_fn(state)
+                if metrics_path:           # before the checkpoint: a kill between the two
+                    append_jsonl(metrics_path, record)   # redoes the epoch, drops this line
+                ckpts.save(epoch + 1, state)
+                last_save = time.monotonic()
+                for s in partial.steps():  # superseded by the finished epochs' checkpoints
+                    if s <= epoch * steps_per_epoch:
+                        partial.delete(s)
+                if progress:
+                    summary = " ".join(f"{k}={v:.4g}" for k, v in means.items())
+                    ev = " ".join(f"{k}={v:.4g}" for k, v in record.get("eval", {}).items())
+                    tqdm.write(f"{phase} epoch {epoch + 1}/{epochs} ({seconds:.1f}s): "
+                               f"{summary} {ev}")
+                if preemption.requested() and epoch + 1 < last:
+                    ckpts.wait()
+                    raise preemption.Preempted(
+                        f"{phase}: stopped by {preemption.requested()} after epoch "
+                        f"{epoch + 1}/{epochs}; saved in {ckpts.directory}. Run the same "
+                        f"command to resume")
+            ckpts.wait()
+            for s in partial.steps():      # all superseded once the last epoch is on disk
+                if s <= (ckpts.latest() or 0) * steps_per_epoch:
+                    partial.delete(s)
     finally:
-        ckpts.close()                 # waits for a save in flight, also after an error
+        try:
+            ckpts.close()             # waits for a save in flight, also after an error
+        finally:
+            partial.close()
     return state

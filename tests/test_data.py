@@ -73,6 +73,21 @@ def test_batches_deterministic_and_complete():
     assert [m.sum() for _, _, m in padded] == [4, 4, 2]
 
 
+def test_batches_from_a_mid_epoch_start_are_the_rest_of_the_epoch():
+    """A run resumed at batch 3 of an epoch sees the batches (order and augmentation) an
+    uninterrupted run sees from batch 3 on."""
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 8, 8, 3)).astype(np.float32)
+    y = np.arange(40, dtype=np.int32)
+    full = list(data.train_batches(x, y, 8, seed=2, epoch=1, augment=True))
+    rest = list(data.train_batches(x, y, 8, seed=2, epoch=1, augment=True, start=3))
+    assert len(full) == 5 and len(rest) == 2
+    for (xa, ya), (xb, yb) in zip(full[3:], rest):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    assert not np.array_equal(full[3][0], x[np.sort(full[3][1])])     # augmented
+
+
 def test_crop_flip_keeps_shape_and_content():
     rng = np.random.default_rng(0)
     x = rng.random((16, 32, 32, 3)).astype(np.float32)

@@ -7,8 +7,14 @@ import numpy as np
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The generator that fixes an epoch's order and augmentation (so resume is exact)."""
+    """The generator that fixes an epoch's order (so resume is exact)."""
     return np.random.default_rng([seed, epoch])
+
+
+def batch_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one batch's augmentation: its own, so a run resumed in the middle of
+    an epoch augments the batches after the resume point as an uninterrupted run does."""
+    return np.random.default_rng([seed, epoch, index, 1])
 
 
 def crop_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4,
@@ -32,9 +38,11 @@ def crop_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4,
 
 
 def train_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
-                  augment: bool = False, rows: slice | None = None
+                  augment: bool = False, rows: slice | None = None, start: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled full batches (the remainder is dropped so every step has one shape).
+    """Shuffled full batches (the remainder is dropped so every step has one shape), from
+    batch `start` of the epoch on (a mid-epoch resume: the same batches as from 0, less the
+    first `start`).
 
     rows: yield only these rows of every global batch (a process's share,
     `sharding.process_share`), gathered and augmented alone; order and augmentation are
@@ -44,11 +52,11 @@ def train_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
     rng = epoch_rng(seed, epoch)
     order = rng.permutation(len(x))
     rows = slice(0, batch_size) if rows is None else rows
-    for i in range(len(x) // batch_size):
+    for i in range(start, len(x) // batch_size):
         idx = np.sort(order[i * batch_size:(i + 1) * batch_size])[rows]
         xb = x[idx]
         if augment:
-            xb = crop_flip(xb, rng, rows=rows, total=batch_size)
+            xb = crop_flip(xb, batch_rng(seed, epoch, i), rows=rows, total=batch_size)
         yield xb, y[idx]
 
 

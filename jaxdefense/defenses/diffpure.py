@@ -31,7 +31,7 @@ from jaxdefense.data import dataset_info
 from jaxdefense.defenses import purification
 from jaxdefense.defenses.purification import PurificationConfig
 from jaxdefense.models.diffusion import ScoreUNet
-from jaxdefense.training import TrainState, fit
+from jaxdefense.training import TrainState, fit, resume_options
 
 REVERSE = ("sde", "ddpm")
 
@@ -270,8 +270,7 @@ def train_and_evaluate(cfg: DiffPureConfig, progress: bool = True) -> dict:
                 train.x, train.y, epochs=cfg.purifier_epochs,
                 batch_size=cfg.purifier_batch_size, seed=cfg.seed, augment=cfg.augment,
                 ckpt_dir=os.path.join(cfg.workdir, "score"), phase="score",
-                metrics_path=ready["metrics_path"], keep=cfg.keep_checkpoints,
-                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
+                metrics_path=ready["metrics_path"], **resume_options(cfg), progress=progress)
     if int(state.step) < cfg.purifier_epochs * (len(train) // cfg.purifier_batch_size):
         return {"stopped": "score"}
     model, variables = ready["target"]

@@ -27,7 +27,7 @@ from jaxdefense.defenses import purification
 from jaxdefense.defenses.purification import PurificationConfig
 from jaxdefense.models.common import apply_head, embedding_and_logits
 from jaxdefense.models.unet import FeatureRestorer, UNet
-from jaxdefense.training import TrainState, fit
+from jaxdefense.training import TrainState, fit, resume_options
 
 
 @dataclasses.dataclass
@@ -180,12 +180,12 @@ def train_and_evaluate(cfg: IDFRConfig, progress: bool = True) -> dict:
     stack, y = ready["stack"], ready["train"].y
     spe = len(stack) // cfg.purifier_batch_size
     common = dict(batch_size=cfg.purifier_batch_size, seed=cfg.seed, augment=cfg.augment,
-                  metrics_path=ready["metrics_path"], keep=cfg.keep_checkpoints,
-                  progress=progress)
+                  metrics_path=ready["metrics_path"], progress=progress,
+                  **resume_options(cfg))
     id_state = fit(init_id_state(cfg, jax.random.key(cfg.seed + 1)),
                    id_step(cfg, target_model, target_vars), stack, y,
                    epochs=cfg.purifier_epochs, ckpt_dir=os.path.join(cfg.workdir, "id"),
-                   phase="id", stop_after_epochs=cfg.stop_after_epochs, **common)
+                   phase="id", **common)
     if int(id_state.step) < cfg.purifier_epochs * spe:
         return {"stopped": "id"}
     id_vars = {"params": id_state.params, "batch_stats": id_state.batch_stats}
@@ -194,7 +194,7 @@ def train_and_evaluate(cfg: IDFRConfig, progress: bool = True) -> dict:
     fr_state = fit(init_fr_state(cfg, jax.random.key(cfg.seed + 2), dim),
                    fr_step(cfg, denoise, target_model, target_vars), stack, y,
                    epochs=cfg.fr_epochs, ckpt_dir=os.path.join(cfg.workdir, "fr"), phase="fr",
-                   stop_after_epochs=cfg.stop_after_epochs, **common)
+                   **common)
     if int(fr_state.step) < cfg.fr_epochs * spe:
         return {"stopped": "fr"}
     fr_vars = {"params": fr_state.params, "batch_stats": fr_state.batch_stats}

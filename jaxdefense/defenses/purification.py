@@ -27,7 +27,7 @@ from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
 from jaxdefense.defenses import standard
 from jaxdefense.evaluation import padded_batch_size
-from jaxdefense.training import fit
+from jaxdefense.training import fit, resume_options
 
 SEEN_ATTACKS = ("pgd", "pgd_targeted", "fgsm", "ddn")
 # The purifiers' digits preset (8x8 digits upscaled to 28x28): the target's schedule and the
@@ -144,8 +144,7 @@ def fit_purifier(cfg: PurificationConfig, state, step, ready: dict, phase: str,
     state = fit(state, step, ready["stack"], ready["train"].y, epochs=cfg.purifier_epochs,
                 batch_size=cfg.purifier_batch_size, seed=cfg.seed, augment=cfg.augment,
                 ckpt_dir=os.path.join(cfg.workdir, phase), phase=phase,
-                metrics_path=ready["metrics_path"], keep=cfg.keep_checkpoints,
-                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
+                metrics_path=ready["metrics_path"], **resume_options(cfg), progress=progress)
     return state if int(state.step) >= cfg.purifier_epochs * steps else None
 
 

@@ -12,7 +12,7 @@ from jaxdefense import config, evaluation, robustness
 from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE, ExperimentConfig, build_preset
 from jaxdefense.data import dataset_info
 from jaxdefense.training import (TrainState, classifier_step, fit, init_classifier_state,
-                                 make_optimizer)
+                                 make_optimizer, resume_options)
 
 
 @dataclasses.dataclass
@@ -54,8 +54,7 @@ def train(cfg: ExperimentConfig, train_set, test, metrics_path, key, ckpt_dir: s
     state = fit(init_state(cfg, key, steps_per_epoch), step, train_set.x,
                 train_set.y, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                 augment=cfg.augment, ckpt_dir=ckpt_dir, phase=phase, eval_fn=eval_fn,
-                eval_every=cfg.eval_every, metrics_path=metrics_path, keep=cfg.keep_checkpoints,
-                stop_after_epochs=cfg.stop_after_epochs, progress=progress)
+                eval_every=cfg.eval_every, metrics_path=metrics_path, **resume_options(cfg), progress=progress)
     done = int(state.step) // steps_per_epoch
     if done < cfg.epochs:
         return None, done

@@ -13,7 +13,8 @@ from jaxdefense.data import dataset_info
 from jaxdefense.defenses.fsr import core as fsr
 from jaxdefense.defenses.fsr.adversarial_training import adversarial_step
 from jaxdefense.defenses.fsr.config import FSRConfig
-from jaxdefense.training import TrainState, fit, init_classifier_state, make_optimizer
+from jaxdefense.training import (TrainState, fit, init_classifier_state, make_optimizer,
+                                 resume_options)
 
 
 def make_model(cfg: FSRConfig):
@@ -56,7 +57,7 @@ def train_and_evaluate(cfg: FSRConfig, progress: bool = True) -> dict:
                 augment=cfg.augment, ckpt_dir=os.path.join(cfg.workdir, "classifier"),
                 phase=f"{cfg.method}{'+fsr' if cfg.fsr else ''}", eval_fn=eval_fn,
                 eval_every=cfg.eval_every, metrics_path=metrics_path,
-                keep=cfg.keep_checkpoints, stop_after_epochs=cfg.stop_after_epochs,
+                **resume_options(cfg),
                 progress=progress)
     if int(state.step) < cfg.epochs * steps_per_epoch:
         return {"stopped": "classifier", "epochs_done": int(state.step) // steps_per_epoch}

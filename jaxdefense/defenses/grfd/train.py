@@ -18,7 +18,7 @@ import numpy as np
 from jaxdefense import config, data, evaluation, plots, robustness, summaries
 from jaxdefense.defenses.grfd import core as grfd
 from jaxdefense.defenses.grfd.config import GRFDConfig
-from jaxdefense.training import classifier_step, fit
+from jaxdefense.training import classifier_step, fit, resume_options
 
 
 def train_and_evaluate(cfg: GRFDConfig, progress: bool = True, defense: str = "grfd") -> dict:
@@ -43,7 +43,7 @@ def train_and_evaluate(cfg: GRFDConfig, progress: bool = True, defense: str = "g
                 ckpt_dir=os.path.join(cfg.workdir, "generator"), phase="generator",
                 hparams_fn=lambda e: {"alpha": cfg.alpha_at(e)}, eval_fn=eval_generator,
                 eval_every=cfg.eval_every, metrics_path=metrics_path,
-                keep=cfg.keep_checkpoints, stop_after_epochs=cfg.stop_after_epochs,
+                **resume_options(cfg),
                 progress=progress)
     if int(state.step) < cfg.epochs * steps_per_epoch:
         return {"stopped": "generator", "epochs_done": int(state.step) // steps_per_epoch}
@@ -70,7 +70,7 @@ def train_and_evaluate(cfg: GRFDConfig, progress: bool = True, defense: str = "g
                  batch_size=cfg.batch_size, seed=cfg.seed + 1, augment=cfg.augment,
                  ckpt_dir=os.path.join(cfg.workdir, "target"), phase="target",
                  eval_fn=eval_target, eval_every=cfg.eval_every, metrics_path=metrics_path,
-                 keep=cfg.keep_checkpoints, stop_after_epochs=cfg.stop_after_epochs,
+                 **resume_options(cfg),
                  progress=progress)
     if int(tstate.step) < epochs * steps_per_epoch:
         return {"stopped": "target", "epochs_done": int(tstate.step) // steps_per_epoch}
