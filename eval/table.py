@@ -26,7 +26,7 @@ import sys
 
 import jax
 
-from jaxdefense import data, files, robustness, tables
+from jaxdefense import data, files, preemption, robustness, tables
 from jaxdefense.checkpoint import CheckpointError
 from jaxdefense.cli import setup_process
 from jaxdefense.tables import engine
@@ -180,7 +180,19 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run(spec, args)
+    return resumable(run, spec, args)
+
+
+def resumable(fn, *args) -> int:
+    """fn(*args) with SIGTERM / SIGINT noted (`preemption`): a stop ends training after the
+    current step and attacks after the current batch, both saved, with exit status 75;
+    the same command resumes."""
+    with preemption.stop_requests():
+        try:
+            return fn(*args)
+        except preemption.Preempted as e:
+            print(f"stopped: {e}", file=sys.stderr)
+            return preemption.EXIT_RESUMABLE
 
 
 if __name__ == "__main__":

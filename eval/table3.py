@@ -48,7 +48,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_process()
-    return table.run(TABLE3, args)
+    return table.resumable(table.run, TABLE3, args)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ class Checkpoints:
             raise CheckpointWriteError(
                 f"could not write a checkpoint{where} in {self.directory} "
                 f"({type(e).__name__}: {e}); the newest checkpoint written whole is "
-                f"{'step ' + str(good) if good is not None else 'none'}, and the same command "
-                f"resumes from it once the disk has room (or use another --workdir)") from e
+                f"{'step ' + str(good) if good is not None else 'none'}; the same command "
+                f"resumes from it (a full disk: once it has room, or use another --workdir)"
+            ) from e
 
     def restore(self, template, step: int | None = None):
         """Restore into the structure, shapes and shardings of `template`. When the newest

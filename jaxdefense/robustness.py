@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdefense import attacks as attack_lib, cpu_kernels, files
+from jaxdefense import attacks as attack_lib, cpu_kernels, files, preemption
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.attacks.presets import ALIASES, get_preset, preset_for
 from jaxdefense.data import padded_batches
@@ -146,7 +146,9 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
 
     cache: a directory where each finished batch is kept (CACHE/<i>.npz) and read back by a
     later call, so a long attack that was stopped resumes at its first unfinished batch;
-    the caller names it after everything the result depends on.
+    the caller names it after everything the result depends on. With a cache, a SIGTERM /
+    SIGINT inside `preemption.stop_requests()` ends the call after the batch in flight
+    (`preemption.Preempted`).
     predict: `make_predict(served, stochastic, eval_draws)`, shared across calls (built here
     when not given)."""
     b = padded_batch_size(batch_size, len(x))
@@ -175,6 +177,12 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
             os.makedirs(cache, exist_ok=True)
             np.savez(done + ".tmp.npz", correct=correct[-1], max_dist=dist)
             os.replace(done + ".tmp.npz", done)
+            why = preemption.requested()
+            if why and (i + 1) * b < len(x):
+                raise preemption.Preempted(
+                    f"stopped by {why} after batch {i + 1} of {-(-len(x) // b)}"
+                    f"{' of ' + desc if desc else ''}; finished batches are kept in {cache}. "
+                    f"Run the same command to resume")
     return np.concatenate(correct), max_dist
 
 

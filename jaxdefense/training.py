@@ -304,6 +304,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
     last_save = time.monotonic()
 
     def save_partial(epoch: int, done: int, history: dict, seconds: float) -> None:
+        ckpts.wait()             # one save at a time (orbax's multi-process barriers)
         partial.save(epoch * steps_per_epoch + done, state, meta=dict(
             epoch=epoch, index=done, steps_per_epoch=steps_per_epoch, history=history,
             seconds=seconds))
@@ -388,6 +389,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                     record["eval"] = eval_fn(state)
                 if metrics_path:           # before the checkpoint: a kill between the two
                     append_jsonl(metrics_path, record)   # redoes the epoch, drops this line
+                partial.wait()
                 ckpts.save(epoch + 1, state)
                 last_save = time.monotonic()
                 for s in partial.steps():  # superseded by the finished epochs' checkpoints
