@@ -99,7 +99,8 @@ def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn
     cfg = parse_config(sys.argv[1:] if argv is None else argv, config_cls, preset_fn, presets,
                        prog, doc)
     try:
-        result = train_fn(cfg)
+        with preemption.stop_requests():     # also the closing reports' cached attacks
+            result = train_fn(cfg)
     except (CheckpointError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

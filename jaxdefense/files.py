@@ -42,7 +42,7 @@ def probe_writable(directory: str) -> None:
     directory = os.path.abspath(directory)
     created = []
     d = directory
-    while not os.path.exists(d):
+    while not os.path.exists(d) and os.path.dirname(d) != d:
         created.append(d)
         d = os.path.dirname(d)
     try:

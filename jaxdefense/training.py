@@ -230,7 +230,7 @@ def check_room(ckpt_dir: str, state, keep: int) -> None:
     from jaxdefense.checkpoint import CheckpointWriteError
     need = (keep + 2) * _state_bytes(state)
     top = os.path.abspath(ckpt_dir)
-    while not os.path.exists(top):
+    while not os.path.exists(top) and os.path.dirname(top) != top:
         top = os.path.dirname(top)
     try:
         free = shutil.disk_usage(top).free
@@ -310,8 +310,9 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
             seconds=seconds))
 
     def timed_out() -> bool:
-        due = bool(checkpoint_every_seconds) and (
-            time.monotonic() - last_save >= checkpoint_every_seconds)
+        if not checkpoint_every_seconds:
+            return False
+        due = time.monotonic() - last_save >= checkpoint_every_seconds
         if jax.process_count() > 1:        # every process must agree to save
             from jax.experimental import multihost_utils
             due = bool(np.any(multihost_utils.process_allgather(np.array(due))))
@@ -400,7 +401,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                     ev = " ".join(f"{k}={v:.4g}" for k, v in record.get("eval", {}).items())
                     tqdm.write(f"{phase} epoch {epoch + 1}/{epochs} ({seconds:.1f}s): "
                                f"{summary} {ev}")
-                if preemption.requested() and epoch + 1 < last:
+                if preemption.requested():     # noted during the evaluation or the save
                     ckpts.wait()
                     raise preemption.Preempted(
                         f"{phase}: stopped by {preemption.requested()} after epoch "
