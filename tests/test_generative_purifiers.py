@@ -10,9 +10,10 @@ import pytest
 
 import jaxdefense
 from jaxdefense import data, robustness
-from jaxdefense.defenses import apegan, diffpure
+from jaxdefense.defenses import apegan, diffpure, registry
 from jaxdefense.models.apegan import Discriminator, Generator
 from jaxdefense.models.diffusion import ScoreUNet
+from tests.test_registry import check_round_trip
 
 SDE = diffpure.DiffPureConfig()          # beta 0.1 .. 20, the paper's
 
@@ -198,6 +199,7 @@ def test_diffpure_cli_smoke_restores_a_random_served_model(tmp_path, capsys):
                               np.asarray(model(test.x[:4])))
     for name in ("samples.png", "purified.png"):
         assert (d / name).stat().st_size > 1000
+    check_round_trip("diffpure", registry.get("diffpure").Config(**model.config))
 
 
 
@@ -215,3 +217,4 @@ def test_apegan_cli_smoke_restores_a_deterministic_served_model(tmp_path, capsys
     assert model.defense == "apegan" and not model.stochastic and "purify" in model.parts
     assert np.mean(model.predict(test.x) == test.y) == pytest.approx(report["clean_acc_full_eval"])
     assert (a / "purified.png").stat().st_size > 1000
+    check_round_trip("apegan", registry.get("apegan").Config(**model.config))

@@ -54,10 +54,13 @@ def test_train_commands_and_the_table_read_the_registry():
 
 
 QUICK = ("standard", "gradreg", "smoothing")      # the others take 20-90 s each: slow suite
+# trained by their command-line smoke tests (test_generative_purifiers.py), which then make
+# the same checks (`check_round_trip`): one training each instead of two
+BY_CLI_TESTS = ("apegan", "diffpure")
 
 
 @pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(registry.DEFENSES)])
+                                  for n in sorted(registry.DEFENSES) if n not in BY_CLI_TESTS])
 def test_every_defense_trains_restores_and_serves(name, tmp_path):
     """Through the registry alone: the digits preset, one training step per phase, then
     `jaxdefense.load` (build, restore, serve) gives the model the run reported on."""
@@ -67,6 +70,13 @@ def test_every_defense_trains_restores_and_serves(name, tmp_path):
     cfg = entry.preset("digits", True, workdir=str(tmp_path / name), **over)
     out = entry.train_and_evaluate(cfg, progress=False)
     assert "stopped" not in out, out
+    check_round_trip(name, cfg)
+
+
+def check_round_trip(name: str, cfg) -> None:
+    """A finished run of `name` in cfg.workdir: `jaxdefense.load` serves it, and the
+    registry's build -> restore -> serve gives the same logits."""
+    entry = registry.get(name)
     model = jaxdefense.load(cfg.workdir)
     assert model.defense == name and model.stochastic == entry.stochastic
     test = data.load("digits", cfg.eval_split).take(8)
