@@ -57,6 +57,7 @@ class ExperimentConfig:
     checkpoint_every_steps: int = 0   # also checkpoint inside an epoch every N steps (0: never)
     checkpoint_every_seconds: float = 0  # ... or when this many seconds passed since the last
     attack_examples: int = 500        # examples for the closing white-box attack check
+                                      # (0: none; a table run attacks the model itself)
     attack_max_steps: Optional[int] = None  # cap on the closing attacks' iterations (smoke runs)
 
     def validate(self):

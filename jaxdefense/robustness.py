@@ -324,15 +324,18 @@ def closing_report(cfg, logits_fn, test, key, metrics_path: str,
                    progress: bool = True, attacks: dict | None = None) -> dict:
     """Clean accuracy on the whole eval split, and white-box `attacks` (default: FGSM and
     PGD at the GRFD paper's settings) on its first `attack_examples`; written to
-    metrics.jsonl and results.json."""
+    metrics.jsonl and results.json. attack_examples 0: clean accuracy only (a table run
+    attacks the model itself)."""
     sub = test.take(cfg.attack_examples)
     attacks = attacks or get_preset(preset_for(cfg.dataset), cfg.attack_max_steps,
                                     only=("fgsm", "pgd"))
-    result = report(Models(served=logits_fn), sub.x, sub.y, key, attacks, progress=progress)
     summary = {"clean_acc_full_eval": evaluation.accuracy(logits_fn, test.x, test.y),
-              "attack_examples": len(sub), "clean_acc": result["clean"],
-              **{f"{k}_acc": v for k, v in result["whitebox"].items()},
-              "attacks": attacks}
+               "attack_examples": len(sub)}
+    if len(sub):
+        result = report(Models(served=logits_fn), sub.x, sub.y, key, attacks,
+                        progress=progress)
+        summary.update(clean_acc=result["clean"], attacks=attacks,
+                       **{f"{k}_acc": v for k, v in result["whitebox"].items()})
     append_jsonl(metrics_path, {"phase": "report", **summary})
     files.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     return summary

@@ -90,3 +90,16 @@ def check_round_trip(name: str, cfg) -> None:
     assert "classifier" in parts
     with open(os.path.join(cfg.workdir, "results.json")) as f:
         assert json.load(f)          # the run wrote its report
+
+
+def test_attack_examples_zero_skips_the_closing_attacks(tmp_path):
+    """A run a table will attack itself: clean accuracy only, no closing attack compiled."""
+    entry = registry.get("standard")
+    cfg = entry.preset("digits", True, workdir=str(tmp_path / "s"), **{**STEP,
+                                                                        "attack_examples": 0})
+    out = entry.train_and_evaluate(cfg, progress=False)
+    assert out["attack_examples"] == 0 and 0 <= out["clean_acc_full_eval"] <= 1
+    assert not {"pgd_acc", "fgsm_acc", "attacks"} & set(out)
+    with open(os.path.join(cfg.workdir, "results.json")) as f:
+        assert json.load(f) == out
+    check_round_trip("standard", cfg)

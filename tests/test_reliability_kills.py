@@ -121,7 +121,8 @@ def test_a_table_run_killed_and_stopped_resumes_to_the_same_table(tmp_path):
     args = lambda root: ["-m", "eval.table3", "--dataset=digits", "--smoke", f"--root={root}",
                          "--columns=none", "--attacks=fgsm,pgd", "--examples=64",
                          "--batch_size=16", "--epochs=2", "--checks=0",
-                         "--set=limit_train=256,limit_eval=64,batch_size=32,lenet_width=0.25"]
+                         "--set=limit_train=256,limit_eval=64,batch_size=32,lenet_width=0.25,"
+                         "attack_examples=0"]
     ref = tmp_path / "ref"
     proc = _start(args(ref), ref)
     t1 = time.perf_counter()

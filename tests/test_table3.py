@@ -341,7 +341,7 @@ def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
     args = ["--dataset=digits", "--smoke", f"--root={root}", "--examples=32", "--epochs=1",
             "--attacks=fgsm,pgd",
             "--set=limit_train=128,limit_eval=64,batch_size=32,lenet_width=0.25,z_dim=8,"
-            "vae_base=4"]
+            "vae_base=4,attack_examples=0"]     # no closing attacks: the table attacks
     _run_table3(args, timeout=1800)
     out = json.loads((root / "table3.json").read_text())
     assert out["examples"] == 32 and list(out["attacks"]) == ["fgsm", "pgd"]
@@ -392,7 +392,8 @@ def test_table3_smoke_on_cifar100_fake_data_has_every_column(tmp_path):
     root = tmp_path / "t3"
     _run_table3(["--dataset=cifar100", "--smoke", f"--root={root}", f"--data_dir={data_dir}",
                  "--examples=16", "--epochs=1", "--attacks=fgsm", "--checks=0",
-                 "--set=limit_train=64,limit_eval=32,batch_size=32"], timeout=1800)
+                 "--set=limit_train=64,limit_eval=32,batch_size=32,attack_examples=0"],
+                timeout=1800)
     out = json.loads((root / "table3.json").read_text())
     assert out["dataset"] == "cifar100" and out["examples"] == 16
     for c in table3.COLUMNS:

@@ -281,10 +281,10 @@ def train_and_evaluate(cfg: DiffPureConfig, progress: bool = True) -> dict:
         os.path.join(cfg.workdir, "samples.png"), {"samples": images[:8], "": images[8:]},
         f"DiffPure score model: samples ({cfg.sample_steps} reverse steps from t=1)"))
     sub = ready["test"].take(min(cfg.attack_examples, 64))
-    cost = attack_cost(cfg, served, sub.x, sub.y)
+    extra = {"attack_cost": attack_cost(cfg, served, sub.x, sub.y)} if len(sub) else {}
     return purification.closing_report(
         cfg, purifier, ready, progress, served=served, stochastic=True,
-        eval_draws=cfg.eval_draws, eot_samples=cfg.eot_samples, extra={"attack_cost": cost})
+        eval_draws=cfg.eval_draws, eot_samples=cfg.eot_samples, extra=extra)
 
 
 def build(cfg: DiffPureConfig) -> purification.PurifierNets:

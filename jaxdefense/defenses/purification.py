@@ -27,7 +27,7 @@ from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
 from jaxdefense.defenses import standard
 from jaxdefense.evaluation import padded_batch_size
-from jaxdefense.training import fit, resume_options
+from jaxdefense.training import append_jsonl, fit, resume_options
 
 SEEN_ATTACKS = ("pgd", "pgd_targeted", "fgsm", "ddn")
 # The purifiers' digits preset (8x8 digits upscaled to 28x28): the target's schedule and the
@@ -265,7 +265,13 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
                   else (lambda x: target_fn(purify(x))))
     one_draw = robustness.fixed_key(purify) if stochastic else purify
     test = ready["test"]
+    clean_fn = (lambda x: served(x, jax.random.key(1))) if stochastic else served
     sub = test.take(cfg.attack_examples)
+    if not len(sub):              # attack_examples 0: clean accuracies only
+        return _written(cfg, ready, {
+            "clean_acc_full_eval": evaluation.accuracy(clean_fn, test.x, test.y),
+            "target_clean_acc_full_eval": evaluation.accuracy(target_fn, test.x, test.y),
+            "attack_examples": 0, **(extra or {})})
     eot = {"eot_samples": eot_samples} if stochastic and eot_samples else {}
     # the EOT draws are used where the attack sees the noise (white-box)
     attacks = {"fgsm": dict(eps=cfg.attack_eps, **eot),
@@ -279,7 +285,6 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
                                cache=report_cache(cfg, attacks))
     x_adv = craft_set(target_fn, sub.x, sub.y, key, dataclasses.replace(cfg, seen_attacks="pgd"),
                       progress=False)[..., sub.x.shape[-1]:]
-    clean_fn = (lambda x: served(x, jax.random.key(1))) if stochastic else served
     summary = {"clean_acc_full_eval": evaluation.accuracy(clean_fn, test.x, test.y),
                "target_clean_acc_full_eval": evaluation.accuracy(target_fn, test.x, test.y),
                "attack_examples": len(sub), "clean_acc": result["clean"],
@@ -297,7 +302,11 @@ def closing_report(cfg: PurificationConfig, purify, ready: dict, progress: bool 
          "x_adv (PGD on target)": x_adv[:8],
          "purified x_adv": evaluation.map_batches(one_draw, x_adv[:8])},
         "Purification of clean and adversarial images"))
-    from jaxdefense.training import append_jsonl
+    return _written(cfg, ready, summary)
+
+
+def _written(cfg, ready: dict, summary: dict) -> dict:
+    """summary, logged to metrics.jsonl and written as the run's results.json."""
     append_jsonl(ready["metrics_path"], {"phase": "report", **summary})
     files.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     return summary

@@ -230,10 +230,11 @@ def train_and_evaluate(cfg: SmoothingConfig, progress: bool = True) -> dict:
     attacks = get_preset(preset_for(cfg.dataset), cfg.attack_max_steps, only=("fgsm", "pgd"))
     for params in attacks.values():     # EOT on every gradient attack
         params["eot_samples"] = cfg.eot_samples
-    result = robustness.report(robustness.Models(served=logits_fn, classifier=base_fn,
-                                                 stochastic=True),
-                               sub.x, sub.y, key_attack, attacks, ("whitebox",),
-                               progress=progress)
+    result = (robustness.report(robustness.Models(served=logits_fn, classifier=base_fn,
+                                                  stochastic=True),
+                                sub.x, sub.y, key_attack, attacks, ("whitebox",),
+                                progress=progress)
+              if len(sub) else {"clean": None, "whitebox": {}})   # attack_examples 0
     summary = {
         "base_clean_acc_full_eval": evaluation.accuracy(base_fn, test.x, test.y),
         "certify": {"examples": len(cert), "n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha,
