@@ -223,21 +223,20 @@ def _state_bytes(state) -> int:
                for v in jax.tree_util.tree_leaves(state))
 
 
-def check_room(ckpt_dir: str, state, keep: int) -> None:
-    """Refuse (CheckpointWriteError) a checkpoint directory that cannot be written or has no
-    room for `keep` + 2 checkpoints of `state`, before any training; nothing is left behind
-    that was not there."""
+def check_room(ckpt_dir: str, state=None, keep: int = 3) -> None:
+    """Refuse (CheckpointWriteError) a checkpoint directory that cannot be written, or (with
+    `state`) whose disk has no room for `keep` + 2 checkpoints of `state`; nothing is left
+    behind that was not there."""
     from jaxdefense.checkpoint import CheckpointWriteError
-    need = (keep + 2) * _state_bytes(state)
-    top = os.path.abspath(ckpt_dir)
-    while not os.path.exists(top) and os.path.dirname(top) != top:
-        top = os.path.dirname(top)
     try:
-        free = shutil.disk_usage(top).free
         files.probe_writable(ckpt_dir)
     except OSError as e:
         raise CheckpointWriteError(f"cannot write checkpoints to {ckpt_dir}: {e}; choose "
                                    f"another --workdir") from e
+    if state is None:
+        return
+    need = (keep + 2) * _state_bytes(state)
+    free = shutil.disk_usage(ckpt_dir).free
     if free < need:
         raise CheckpointWriteError(
             f"{ckpt_dir}: {free / 2**20:.1f} MiB free on its disk, {need / 2**20:.1f} MiB "
@@ -280,7 +279,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
     progress = progress and is_main_process()           # one process shows (and writes)
     steps_per_epoch = len(x) // batch_size
     template = replicate(state)
-    check_room(ckpt_dir, template, keep)
+    check_room(ckpt_dir)
     ckpts = Checkpoints(ckpt_dir, keep)
     partial = Checkpoints(ckpt_dir.rstrip("/") + PARTIAL, keep=2, meta=True)
     start, state = ckpts.restore_newest_good(template)
@@ -290,6 +289,9 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
             and meta.get("epoch", epochs) < epochs):
         start, skip, state = meta["epoch"], meta["index"], p_state
         history0, seconds0 = meta["history"], meta["seconds"]
+    last = epochs if stop_after_epochs is None else min(epochs, start + stop_after_epochs)
+    if start < last:
+        check_room(ckpt_dir, template, keep)
     if metrics_path:
         drop_later_epochs(metrics_path, phase, start)
     base_key = jax.random.key(seed)
@@ -300,7 +302,6 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
 
     guard = ((lambda: jax.transfer_guard(transfer_guard)) if transfer_guard
              else contextlib.nullcontext)
-    last = epochs if stop_after_epochs is None else min(epochs, start + stop_after_epochs)
     last_save = time.monotonic()
 
     def save_partial(epoch: int, done: int, history: dict, seconds: float) -> None:

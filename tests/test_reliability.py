@@ -174,7 +174,8 @@ def test_an_unwritable_or_full_workdir_is_refused_before_training(tmp_path, monk
                         lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(CheckpointWriteError, match=r"MiB free on its disk.*needed"):
         _fit(str(tmp_path / "run"))
-    assert not (tmp_path / "run").exists()                 # nothing left behind
+    assert not (tmp_path / "run" / "ckpt").exists() or not any(
+        (tmp_path / "run" / "ckpt").iterdir())              # no checkpoint written
     # the command line says so before loading any data, exit status 2
     p = subprocess.run([sys.executable, "-m", "train.standard", "--dataset=digits",
                         f"--workdir={blocker / 'run'}"], capture_output=True, text=True,

@@ -171,18 +171,37 @@ def _two_processes(workdir, epochs: int):
     return procs
 
 
+def _finish(workdir, epochs: int) -> dict:
+    """Both processes run `workdir` to the end; (params, seconds)."""
+    procs = _two_processes(workdir, epochs)
+    t0 = time.perf_counter()
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:]
+    return np.load(workdir / "params.npz"), time.perf_counter() - t0
+
+
+EPOCHS = 12
+
+
+@pytest.fixture(scope="module")
+def two_process_reference(tmp_path_factory):
+    """An uninterrupted two-process run: (params, seconds)."""
+    return _finish(tmp_path_factory.mktemp("ref"), EPOCHS)
+
+
+def _same(got, want):
+    for k in want.files:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 @pytest.mark.parametrize("lost", [0, 1])
-def test_a_lost_process_stops_the_other_clearly_and_both_resume(tmp_path, lost):
+def test_a_lost_process_stops_the_other_clearly_and_both_resume(tmp_path, lost,
+                                                                  two_process_reference):
     """Process `lost` (0: the coordinator) is killed mid-run: the other stops with JAX's
     'another task died' error within the heartbeat timeout (10 s here) instead of hanging,
     and both started again finish with the uninterrupted run's parameters."""
-    epochs = 12
-    ref = _two_processes(tmp_path / "ref", epochs)
-    t0 = time.perf_counter()
-    outs = [p.communicate(timeout=600)[0] for p in ref]
-    duration = time.perf_counter() - t0
-    assert all(p.returncode == 0 for p in ref), outs[0][-3000:]
-    procs = _two_processes(tmp_path / "run", epochs)
+    want, duration = two_process_reference
+    procs = _two_processes(tmp_path, EPOCHS)
     time.sleep(duration / 2)
     assert procs[lost].poll() is None, "the run ended before the kill"
     procs[lost].kill()
@@ -196,34 +215,20 @@ def test_a_lost_process_stops_the_other_clearly_and_both_resume(tmp_path, lost):
     print(f"\nlost process {lost}: the other stopped {stopped_after:.1f} s later "
           f"(exit {procs[1 - lost].returncode}; training takes {duration:.1f} s)")
     assert procs[1 - lost].returncode != 0 and stopped_after < 60
-    assert "another task died" in out or "task died" in out, out[-3000:]
-    again = _two_processes(tmp_path / "run", epochs)
-    outs = [p.communicate(timeout=600)[0] for p in again]
-    assert all(p.returncode == 0 for p in again), outs[0][-3000:]
-    want, got = np.load(tmp_path / "ref" / "params.npz"), np.load(tmp_path / "run" / "params.npz")
-    for k in want.files:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert "another task died" in out, out[-3000:]
+    _same(_finish(tmp_path, EPOCHS)[0], want)
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step_and_both_resume(tmp_path):
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_both_resume(
+        tmp_path, two_process_reference):
     """JAX's preemption service: a SIGTERM to process 1 alone; both processes save at the
     step the sync point names, exit 75, and restarted reach the uninterrupted parameters."""
-    epochs = 12
-    ref = _two_processes(tmp_path / "ref", epochs)
-    t0 = time.perf_counter()
-    outs = [p.communicate(timeout=600)[0] for p in ref]
-    duration = time.perf_counter() - t0
-    assert all(p.returncode == 0 for p in ref), outs[0][-3000:]
-    procs = _two_processes(tmp_path / "run", epochs)
+    want, duration = two_process_reference
+    procs = _two_processes(tmp_path, EPOCHS)
     time.sleep(duration / 2)
     procs[1].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [75, 75], "\n".join(o[-2000:] for o in outs)
     said = [next(line for line in o.splitlines() if line.startswith("stopped:")) for o in outs]
     assert said[0].split(" after ")[1].split(";")[0] == said[1].split(" after ")[1].split(";")[0]
-    again = _two_processes(tmp_path / "run", epochs)
-    outs = [p.communicate(timeout=600)[0] for p in again]
-    assert all(p.returncode == 0 for p in again), outs[0][-3000:]
-    want, got = np.load(tmp_path / "ref" / "params.npz"), np.load(tmp_path / "run" / "params.npz")
-    for k in want.files:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    _same(_finish(tmp_path, EPOCHS)[0], want)
