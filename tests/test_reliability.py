@@ -78,26 +78,31 @@ def test_a_stop_request_saves_mid_epoch_and_the_same_call_resumes_exactly(tmp_pa
     assert Checkpoints(os.path.join(run, "ckpt" + training.PARTIAL), meta=True).steps() == []
 
 
-def test_checkpoints_every_n_steps_resume_mid_epoch(tmp_path, monkeypatch):
-    """With checkpoint_every_steps=4, a run that dies (any exception) at step 11 resumes
-    from step 8, not from the epoch boundary at 6, to the uninterrupted parameters."""
-    ref = _fit(str(tmp_path / "ref"), checkpoint_every_steps=4)
+@pytest.mark.parametrize("every, newest", [
+    (dict(checkpoint_every_steps=4, log_every=1), 8),
+    (dict(checkpoint_every_seconds=1e-9, log_every=2), 10)])      # due at each logging step
+def test_mid_epoch_checkpoints_resume_mid_epoch(tmp_path, monkeypatch, every, newest):
+    """Every 4 steps, or every logging step once the time is due: a run that dies (any
+    exception) at step 11 or 12 resumes from step `newest`, not from the epoch boundary at
+    6, to the uninterrupted parameters."""
+    ref = _fit(str(tmp_path / "ref"), **every)
     run = str(tmp_path / "run")
     real = training._host_means
-    seen = []
+    steps = []
 
-    def dies_at_11(pending):
-        seen.append(len(seen) + 1)
-        if len(seen) == 11:
+    def dies_after_10(pending):
+        steps.extend(pending)
+        if len(steps) > 10:
             raise RuntimeError("the machine went away")
         return real(pending)
-    monkeypatch.setattr(training, "_host_means", dies_at_11)
+    monkeypatch.setattr(training, "_host_means", dies_after_10)
     with pytest.raises(RuntimeError):
-        _fit(run, checkpoint_every_steps=4, log_every=1)
+        _fit(run, **every)
     monkeypatch.undo()
     partial = Checkpoints(os.path.join(run, "ckpt" + training.PARTIAL), meta=True)
-    assert partial.steps()[0] == 8 and Checkpoints(os.path.join(run, "ckpt")).steps() == [1]
-    resumed = _fit(run, checkpoint_every_steps=4, log_every=1)
+    assert partial.steps()[0] == newest
+    assert Checkpoints(os.path.join(run, "ckpt")).steps() == [1]
+    resumed = _fit(run, **every)
     for k, v in _params(ref).items():
         np.testing.assert_array_equal(_params(resumed)[k], v, err_msg=k)
     assert [r["epoch"] for r in _records(run)] == [1, 2, 3]
