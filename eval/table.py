@@ -72,7 +72,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m eval.table", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paper", required=True, choices=sorted({p for p, _ in tables.TABLES}))
-    p.add_argument("--table", required=True, help="the paper's table number")
+    p.add_argument("--table", required=True,
+                   help="the paper's table: " + ", ".join(f"{p} {t}" for p, t in
+                                                           sorted(tables.TABLES)))
     add_arguments(p)
     return p.parse_args(argv)
 

@@ -222,3 +222,31 @@ def test_a_stopped_system_resumes_from_its_finished_batches(tmp_path, monkeypatc
     assert os.path.basename(parent).startswith("arn_pp-")
     assert not os.path.exists(parent)                 # dropped once the result is written
     assert (tmp_path / "c" / "arn_pp.json").exists()
+
+
+def test_grfd_experiments_plan_one_run_per_setting_and_share_the_papers_run(tmp_path):
+    """Table 2's weight grid, Fig. 4a's cases and Fig. 4b's fractions are GRFD runs with the
+    paper's settings; the paper's weights are Table 3's run ('grfd'), trained once under a
+    shared root; published cells come from the packaged paper values."""
+    from jaxdefense.tables import grfd
+    t2 = engine.plan(tables.get("grfd", "2"), str(tmp_path), "digits", True, {}, {})
+    weights = {n: (p.cfg.epsilon, p.cfg.gamma, p.cfg.delta) for n, p in t2.items()
+               if p.defense == "grfd"}
+    assert len(weights) == 11 and weights["grfd"] == (0.6, 0.4, 0.2)
+    assert weights["grfd_e0.7_g0.5_d0.2"] == (0.7, 0.5, 0.2)
+    assert len(set(weights.values())) == 11
+    pub = tables.get("grfd", "2").published("mnist")["values"]
+    assert pub["grfd_e0.6_g0.4_d0.0"]["pgd"] == pytest.approx(0.6757)
+    assert pub["none"]["autoattack"] == pytest.approx(0.3847)
+    a = engine.plan(tables.get("grfd", "fig4a"), str(tmp_path), "digits", True, {}, {})
+    assert (a["grfd_case2"].cfg.gamma, a["grfd_case2"].cfg.delta) == (0.0, 0.0)
+    assert a["grfd_case3"].cfg.epsilon == 0.0 and a["grfd"].cfg.epsilon == 0.6
+    b = engine.plan(tables.get("grfd", "fig4b"), str(tmp_path), "digits", True, {}, {})
+    assert [b[f"grfd_frac{f}"].cfg.train_fraction for f in (0.1, 0.25, 0.5)] == [0.1, 0.25, 0.5]
+    assert b["grfd"].cfg.train_fraction == 1.0 and b["grfd"].workdir == t2["grfd"].workdir
+    assert tables.get("grfd", "fig4b").published("mnist")["values"]["grfd_frac0.1"] == {
+        "clean": pytest.approx(0.952), "avg": pytest.approx(0.8732)}
+    assert tables.get("grfd", "fig4a").stem == "grfd-fig4a"
+    with pytest.raises(ValueError, match="cifar10"):
+        engine.plan(tables.get("grfd", "2"), str(tmp_path), "cifar10", True, {}, {})
+    assert grfd.TABLES["3"] is tables.get("grfd", "3")

@@ -1,5 +1,15 @@
-"""GRFD's Table 3 as a table spec: nine defenses (columns) against FGSM, PGD, AutoAttack,
-EOT-PGD and VMI-FGSM (rows) at the GRFD paper's settings for each dataset.
+"""GRFD's experiments as table specs, every one against FGSM, PGD, AutoAttack, EOT-PGD and
+VMI-FGSM at the GRFD paper's settings:
+
+- Table 3: nine defenses (columns) on every dataset;
+- Table 2: the loss-weight grid on MNIST (epsilon: L_rf, gamma: L_cl, delta: L_rb), one
+  GRFD run per row;
+- Fig. 4a: the ablation's four cases on MNIST (no defense; the LVCVAE without the RSM; the
+  RSM without the rectification head; full GRFD);
+- Fig. 4b: GRFD trained on a fraction of the training split.
+
+The runs shared between them (the undefended model, GRFD at the paper's weights) have one
+name, so one `--root` trains each once.
 
 The papers' protocol as this project reads the GRFD paper's evaluation (the paper does not
 say how its examples were crafted): input-transformation and purification columns
@@ -16,7 +26,7 @@ from importlib import resources
 
 from jaxdefense import robustness
 from jaxdefense.attacks.presets import get_preset, preset_for
-from jaxdefense.tables.spec import Run, Spec, System
+from jaxdefense.tables.spec import Run, Spec, System, run
 
 ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "eotpgd", "vmifgsm")
 ATTACK_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "autoattack": "AA", "eotpgd": "EOT-PGD",
@@ -78,4 +88,97 @@ def published(dataset: str) -> dict:
 TABLE3 = Spec(paper="grfd", table="3", title="GRFD Table 3", systems=SYSTEMS, runs=RUNS,
               source="standard", attack_order=ATTACK_ORDER, labels=ATTACK_LABELS,
               attacks=attacks, published=published, datasets=DATASETS, preset=preset_for)
-TABLES = {"3": TABLE3}
+
+
+MNIST_ONLY = ("mnist", "digits")
+NONE = System("none", "None (undefended)", "standard", "whitebox")
+PAPER_RUN = "grfd"                # GRFD at the paper's weights: Table 3's run
+
+
+def _weights_name(e, g, d) -> str:
+    return PAPER_RUN if (e, g, d) == (0.6, 0.4, 0.2) else f"grfd_e{e}_g{g}_d{d}"
+
+
+def _grid():
+    """Table 2's weight rows (epsilon, gamma, delta) as published, in the paper's order."""
+    return [(r["epsilon"], r["gamma"], r["delta"]) for r in published_tables()["table2"]["rows"]
+            if r["epsilon"] is not None]
+
+
+def _rows_published(note: str, source: str, values: dict):
+    def published(dataset: str) -> dict:
+        return {"source": published_tables()["paper"] + ", " + source,
+                "note": note + ("; digits: the paper has no digits results, these are its "
+                                "MNIST values" if dataset == "digits" else ""),
+                "values": values}
+    return published
+
+
+def _table2() -> Spec:
+    systems = [NONE] + [System(_weights_name(*w), f"GRFD eps {w[0]} gamma {w[1]} delta {w[2]}",
+                               _weights_name(*w), "transfer") for w in _grid()]
+    runs = {"standard": Run("standard"), **{
+        s.run: (Run("grfd") if s.run == PAPER_RUN else
+                run("grfd", all=dict(zip(("epsilon", "gamma", "delta"), w))))
+        for s, w in zip(systems[1:], _grid())}}
+    values = {}
+    for r in published_tables()["table2"]["rows"]:
+        name = "none" if r["epsilon"] is None else _weights_name(r["epsilon"], r["gamma"],
+                                                                 r["delta"])
+        values[name] = {k: r[k] / 100 for k in ("clean", *ATTACK_ORDER, "avg")}
+    return Spec(paper="grfd", table="2", title="GRFD Table 2 (loss weights)",
+                systems=tuple(systems), runs=runs, source="standard",
+                attack_order=ATTACK_ORDER, labels=ATTACK_LABELS, attacks=attacks,
+                published=_rows_published(published_tables()["table2"]["note"], "Table 2",
+                                          values),
+                datasets=MNIST_ONLY, systems_as_rows=True, preset=preset_for)
+
+
+# Fig. 4a: (system, label, GRFD weights or None for the undefended model)
+CASES = (("none", "Case 1: no defense", None),
+         ("grfd_case2", "Case 2: LVCVAE without the RSM",
+          dict(epsilon=0.6, gamma=0.0, delta=0.0)),
+         ("grfd_case3", "Case 3: RSM without the rectification head",
+          dict(epsilon=0.0, gamma=0.4, delta=0.2)),
+         (PAPER_RUN, "Case 4: GRFD", None))
+
+
+def _fig4a() -> Spec:
+    systems = tuple(System(n, label, "standard" if n == "none" else n,
+                           "whitebox" if n == "none" else "transfer")
+                    for n, label, _ in CASES)
+    runs = {"standard": Run("standard"), PAPER_RUN: Run("grfd"),
+            **{n: run("grfd", all=w) for n, _, w in CASES if w}}
+    return Spec(paper="grfd", table="fig4a", title="GRFD Fig. 4a (ablation)", systems=systems,
+                runs=runs, source="standard", attack_order=ATTACK_ORDER,
+                labels=ATTACK_LABELS, attacks=attacks,
+                published=_rows_published("the figure's bar values are not in the text",
+                                          "Fig. 4a", {}),
+                datasets=MNIST_ONLY, systems_as_rows=True, preset=preset_for,
+                note="Case 3 is the LVCVAE (not a beta-VAE) with epsilon 0: the paper's "
+                     "beta-VAE is not built here.")
+
+
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def _fig4b() -> Spec:
+    name = lambda f: PAPER_RUN if f == 1.0 else f"grfd_frac{f}"       # noqa: E731
+    systems = (NONE,) + tuple(System(name(f), f"GRFD on {f:.0%} of the training split",
+                                     name(f), "transfer") for f in FRACTIONS)
+    runs = {"standard": Run("standard"), **{
+        name(f): Run("grfd") if f == 1.0 else run("grfd", all=dict(train_fraction=f))
+        for f in FRACTIONS}}
+    values = {name(r["fraction"]): {"clean": r["clean"] / 100, "avg": r["avg"] / 100}
+              for r in published_tables()["figure_4b"]["rows"]}
+    return Spec(paper="grfd", table="fig4b", title="GRFD Fig. 4b (training data)",
+                systems=systems, runs=runs, source="standard", attack_order=ATTACK_ORDER,
+                labels=ATTACK_LABELS, attacks=attacks,
+                published=_rows_published(
+                    published_tables()["figure_4b"]["note"] + "; the paper's 100% is 60,000 "
+                    "images, 10% 6,000; here the fraction is of --train_split", "Fig. 4b",
+                    values),
+                datasets=MNIST_ONLY, systems_as_rows=True, preset=preset_for)
+
+
+TABLES = {"3": TABLE3, "2": _table2(), "fig4a": _fig4a(), "fig4b": _fig4b()}

@@ -94,9 +94,11 @@ class Spec:
 
     @property
     def stem(self) -> str:
-        """Output file stem: table3 for GRFD's Table 3 (as before), else PAPER-tableN."""
-        return "table3" if (self.paper, self.table) == ("grfd", "3") else \
-            f"{self.paper}-table{self.table}"
+        """Output file stem: table3 for GRFD's Table 3 (as before), else PAPER-tableN (a
+        figure: PAPER-figN)."""
+        if (self.paper, self.table) == ("grfd", "3"):
+            return "table3"
+        return f"{self.paper}-{'table' if self.table.isdigit() else ''}{self.table}"
 
     def system(self, name: str) -> System:
         for s in self.systems:
