@@ -109,7 +109,7 @@ def _rows_published(note: str, source: str, values: dict):
     def published(dataset: str) -> dict:
         return {"source": published_tables()["paper"] + ", " + source,
                 "note": note + ("; digits: the paper has no digits results, these are its "
-                                "MNIST values" if dataset == "digits" else ""),
+                                "MNIST values" if dataset == "digits" and values else ""),
                 "values": values}
     return published
 
