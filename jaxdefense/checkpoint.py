@@ -112,8 +112,9 @@ class Checkpoints:
 
     def restore_newest_good(self, template):
         """(step, state) from the newest checkpoint that restores, or (0, template) when none
-        does; with `meta`, (step, state, meta) and meta {} when none does. A corrupt checkpoint is moved aside to DIRECTORY.corrupt/STEP-TIME (nothing is
-        deleted) with a warning, so training redoes its epochs and saves them again."""
+        does; with `meta`, (step, state, meta) and meta {} when none does. A corrupt
+        checkpoint is moved aside to DIRECTORY.corrupt/STEP-TIME (nothing is deleted) with a
+        warning, so training redoes its epochs and saves them again."""
         for step in self.steps():
             try:
                 restored = self._restore(template, step)
