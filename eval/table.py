@@ -182,19 +182,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return resumable(run, spec, args)
-
-
-def resumable(fn, *args) -> int:
-    """fn(*args) with SIGTERM / SIGINT noted (`preemption`): a stop ends training after the
-    current step and attacks after the current batch, both saved, with exit status 75;
-    the same command resumes."""
-    with preemption.stop_requests():
-        try:
-            return fn(*args)
-        except preemption.Preempted as e:
-            print(f"stopped: {e}", file=sys.stderr)
-            return preemption.EXIT_RESUMABLE
+    return preemption.resumable(run, spec, args)
 
 
 if __name__ == "__main__":

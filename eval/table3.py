@@ -24,6 +24,7 @@ import argparse
 import sys
 
 from eval import table
+from jaxdefense import preemption
 from jaxdefense.cli import setup_process
 from jaxdefense.tables.grfd import ATTACK_ORDER, RUNS, SYSTEMS, TABLE3
 
@@ -48,7 +49,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_process()
-    return table.resumable(table.run, TABLE3, args)
+    return preemption.resumable(table.run, TABLE3, args)
 
 
 if __name__ == "__main__":

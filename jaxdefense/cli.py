@@ -98,17 +98,16 @@ def run_main(argv, config_cls, preset_fn, presets, prog: str, doc: str, train_fn
     setup_process()
     cfg = parse_config(sys.argv[1:] if argv is None else argv, config_cls, preset_fn, presets,
                        prog, doc)
-    try:
-        with preemption.stop_requests():     # also the closing reports' cached attacks
+
+    def train() -> int:
+        try:
             result = train_fn(cfg)
-    except (CheckpointError, DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except preemption.Preempted as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        return preemption.EXIT_RESUMABLE
-    print(json.dumps(result, indent=2))
-    return 0
+        except (CheckpointError, DatasetError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=2))
+        return 0
+    return preemption.resumable(train)      # also the closing reports' cached attacks
 
 
 def defense_main(name: str, doc: str, argv=None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 import jax
@@ -72,3 +73,14 @@ def requested(step: int | None = None) -> str | None:
             if multihost_utils.reached_preemption_sync_point(step):
                 return "preemption"
     return None
+
+
+def resumable(fn, *args) -> int:
+    """A command's exit status: fn(*args) inside `stop_requests()`; a stop (Preempted, the
+    work saved) prints why and gives EXIT_RESUMABLE, for the same command to resume."""
+    with stop_requests():
+        try:
+            return fn(*args)
+        except Preempted as e:
+            print(f"stopped: {e}", file=sys.stderr)
+            return EXIT_RESUMABLE

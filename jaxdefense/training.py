@@ -351,7 +351,8 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                     for k, v in values.items():
                         history.setdefault(k, []).extend(v)
                     shown = {k: f"{v[-1]:.3g}" for k, v in values.items()}
-                    shown["img/s"] = (f"{(i + 1 - first) * batch_size / (time.perf_counter() - t0):.0f}")
+                    rate = (i + 1 - first) * batch_size / (time.perf_counter() - t0)
+                    shown["img/s"] = f"{rate:.0f}"
                     bar.set_postfix(shown, refresh=False)
 
                 try:
@@ -394,9 +395,6 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                 partial.wait()
                 ckpts.save(epoch + 1, state)
                 last_save = time.monotonic()
-                for s in partial.steps():  # superseded by the finished epochs' checkpoints
-                    if s <= epoch * steps_per_epoch:
-                        partial.delete(s)
                 if progress:
                     summary = " ".join(f"{k}={v:.4g}" for k, v in means.items())
                     ev = " ".join(f"{k}={v:.4g}" for k, v in record.get("eval", {}).items())
@@ -409,8 +407,8 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                         f"{epoch + 1}/{epochs}; saved in {ckpts.directory}. Run the same "
                         f"command to resume")
             ckpts.wait()
-            for s in partial.steps():      # all superseded once the last epoch is on disk
-                if s <= (ckpts.latest() or 0) * steps_per_epoch:
+            for s in partial.steps():      # superseded once the last epoch is on disk (at
+                if s <= (ckpts.latest() or 0) * steps_per_epoch:    # most 2 kept meanwhile)
                     partial.delete(s)
     finally:
         try:
