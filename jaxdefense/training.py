@@ -160,7 +160,8 @@ class NonFiniteError(FloatingPointError):
 def prefetch(batches, size: int = 2, put_on_device: Callable = shard_batch):
     """Yield `put_on_device(b)` (default `shard_batch`) for b in `batches`, preparing up to `size` batches ahead on a
     background thread (gathering, augmenting and transferring the next batches while the
-    device computes). Order is unchanged; an error in the producer is raised here."""
+    device computes). Order is unchanged; an error in the producer is raised here. Closing
+    the generator early waits for the producer to finish the batch it is preparing."""
     if size <= 0:
         for b in batches:
             yield put_on_device(b)
@@ -200,6 +201,7 @@ def prefetch(batches, size: int = 2, put_on_device: Callable = shard_batch):
             yield item
     finally:
         stop.set()
+        thread.join(timeout=60)   # not left inside a device transfer when the process exits
 
 
 def _host_means(pending: list) -> dict:
