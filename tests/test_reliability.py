@@ -55,6 +55,33 @@ def test_signals_are_noted_inside_the_context_and_restored_after():
     assert signal.getsignal(signal.SIGINT) == before[1]
 
 
+def test_certification_stops_between_batches_when_asked(monkeypatch):
+    """Randomized smoothing's certification (an hour at the reference's n = 100,000) is the
+    one long loop outside `fit` and the attack cache: a SIGTERM ends it at the next batch."""
+    from jaxdefense.defenses import smoothing
+    cfg = smoothing.preset("digits", smoke=True, n0=4, n=8, chunk=8, certify_batch=2)
+    counted, stop = [], []
+    sample_counts = smoothing.sample_counts
+
+    def counting(*args):                       # two calls per batch (selection, estimation)
+        counted.append(1)
+        if stop and len(counted) == 2:         # the stop arrives during the first batch
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        return sample_counts(*args)
+
+    monkeypatch.setattr(smoothing, "sample_counts", counting)
+    base_fn = lambda x: jax.numpy.zeros((x.shape[0], 10))
+    x = np.zeros((6, 8, 8, 1), np.float32)
+    preds, _ = smoothing.certify(base_fn, x, jax.random.key(0), cfg, 10, progress=False)
+    assert len(preds) == 6 and len(counted) == 6     # without a stop request: every batch
+    counted.clear()
+    stop.append(True)
+    with preemption.stop_requests(), pytest.raises(preemption.Preempted, match="2 of 6"):
+        smoothing.certify(base_fn, x, jax.random.key(0), cfg, 10, progress=False)
+    assert len(counted) == 2
+
+
 def test_a_stop_request_saves_mid_epoch_and_the_same_call_resumes_exactly(tmp_path,
                                                                           monkeypatch):
     """Stopped after global step 8 (step 2 of epoch 2): the state of step 8 is saved, the
