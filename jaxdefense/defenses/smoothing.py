@@ -179,14 +179,14 @@ def max_radius(cfg: SmoothingConfig) -> float:
 def certify(base_fn, x: np.ndarray, key, cfg: SmoothingConfig, num_classes: int,
             progress: bool = True):
     """Certify every image of x: (predictions [N], radii [N]); -1 = abstain. A stop request
-    (`preemption`) ends it between two batches with `Preempted`: the trained classifier is
-    saved, and the same command certifies again."""
+    (`preemption`) ends it between two batches with `Preempted` (in the closing report the
+    classifier is saved by then, and the same command certifies again)."""
     preds, radii = [], []
     b = cfg.certify_batch
     for i in tqdm(range(0, len(x), b), desc="certify", disable=not progress, leave=False):
         if (why := preemption.requested()) is not None:
             raise preemption.Preempted(f"{why} during certification ({i} of {len(x)} "
-                                       "certified); the classifier is saved")
+                                       "certified)")
         xb = jnp.asarray(x[i:i + b])
         k0, k1 = jax.random.split(jax.random.fold_in(key, i))
         c0 = sample_counts(base_fn, xb, k0, cfg.sigma, cfg.n0, cfg.chunk, num_classes)
