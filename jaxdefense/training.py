@@ -409,8 +409,10 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                         f"{epoch + 1}/{epochs}; saved in {ckpts.directory}. Run the same "
                         f"command to resume")
             ckpts.wait()
-            for s in partial.steps():      # superseded once the last epoch is on disk (at
-                if s <= (ckpts.latest() or 0) * steps_per_epoch:    # most 2 kept meanwhile)
+            # mid-epoch checkpoints are superseded once the last epoch is on disk (orbax
+            # keeps at most 2 meanwhile)
+            for s in partial.steps():
+                if s <= (ckpts.latest() or 0) * steps_per_epoch:
                     partial.delete(s)
     finally:
         try:

@@ -185,8 +185,9 @@ def certify(base_fn, x: np.ndarray, key, cfg: SmoothingConfig, num_classes: int,
     b = cfg.certify_batch
     for i in tqdm(range(0, len(x), b), desc="certify", disable=not progress, leave=False):
         if (why := preemption.requested()) is not None:
-            raise preemption.Preempted(f"{why} during certification ({i} of {len(x)} "
-                                       "certified)")
+            raise preemption.Preempted(f"stopped by {why} during certification ({i} of "
+                                       f"{len(x)} certified). Run the same command to "
+                                       "certify again")
         xb = jnp.asarray(x[i:i + b])
         k0, k1 = jax.random.split(jax.random.fold_in(key, i))
         c0 = sample_counts(base_fn, xb, k0, cfg.sigma, cfg.n0, cfg.chunk, num_classes)
