@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 from typing import Callable, Optional
 
@@ -116,6 +118,16 @@ def random_targets(logits_fn, x, y, key, stochastic: bool = False):
 SCORE_STREAM = 0x7FFFFFFF   # fold_in constant of the scoring draws' own key stream
 
 
+def attack_key(key, name: str, params: dict):
+    """The key of a report's attack `name` with settings `params`: `key` folded with a digest
+    of the resolved entry (its attack function and settings), so an attack gets the same key
+    whatever it is called, wherever it sits in a preset and whichever threat model it runs
+    under, and examples crafted on one model can be reused (`report`'s `crafts`)."""
+    entry = {**params, "attack": params.get("attack") or ALIASES.get(name, name)}
+    digest = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).digest()
+    return jax.random.fold_in(key, int.from_bytes(digest[:4], "little") % SCORE_STREAM)
+
+
 def score_key(key, batch: int):
     """The key of batch `batch`'s evaluation draws: from its own stream of `key`, never a key
     an attack on that batch (given `fold_in(key, batch)`) derives by split or fold_in."""
@@ -139,7 +151,7 @@ def make_predict(served, stochastic: bool, eval_draws: int = 1):
 
 def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_size=256,
                   desc=None, eval_draws: int = 1, cache: str | None = None, predict=None,
-                  norm: str = "Linf"):
+                  norm: str = "Linf", crafts: str | None = None):
     """Per-sample correctness [N] of `served` on examples crafted by `craft` against
     `attacked`; also the largest distance seen in `norm` ('Linf' or 'L2'). A stochastic `served` counts a sample
     as correct only if it is right on each of `eval_draws` independent draws.
@@ -150,10 +162,15 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
     SIGINT inside `preemption.stop_requests()` ends the call after the batch in flight
     (`preemption.Preempted`).
     predict: `make_predict(served, stochastic, eval_draws)`, shared across calls (built here
-    when not given)."""
+    when not given).
+    crafts: a directory of crafted batches (CRAFTS/<i>.npz, the padded batch `x_adv`): a
+    batch found there is scored without attacking, a batch crafted here is kept there. The
+    caller names it after everything the examples depend on (the attacked model, the attack
+    and its key, the examples, the batch size), not after `served`, so that defenses in
+    front of the same attacked model share one crafting."""
     b = padded_batch_size(batch_size, len(x))
     if jax.process_count() > 1:
-        cache = None          # every process must make the same attack calls (collectives)
+        cache = crafts = None   # every process must make the same attack calls (collectives)
     if predict is None:
         predict = make_predict(served, stochastic, eval_draws)
     size = get_norm(norm).size
@@ -168,8 +185,16 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
                                                else kept["max_linf"]))
             continue
         xb, yb = shard_batch((xb, yb))
-        k = jax.random.fold_in(key, i)
-        x_adv = craft(attacked, xb, yb, k)
+        kept_adv = os.path.join(crafts, f"{i}.npz") if crafts else None
+        if kept_adv and os.path.isfile(kept_adv):
+            with np.load(kept_adv) as kept:
+                x_adv = shard_batch(jnp.asarray(kept["x_adv"]))
+        else:
+            x_adv = craft(attacked, xb, yb, jax.random.fold_in(key, i))
+            if kept_adv:
+                os.makedirs(crafts, exist_ok=True)
+                np.savez(kept_adv + ".tmp.npz", x_adv=to_host(x_adv))
+                os.replace(kept_adv + ".tmp.npz", kept_adv)
         correct.append(to_host(predict(x_adv, yb, score_key(key, i)))[mask])
         dist = float(np.max(to_host(size(x_adv - xb))[mask]))
         max_dist = max(max_dist, dist)
@@ -200,7 +225,7 @@ def _attacked(models: Models, threat: str):
 
 def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
            batch_size: int = 256, progress: bool = True, cache: str | None = None,
-           per_example: bool = False) -> dict:
+           per_example: bool = False, crafts: Callable | None = None) -> dict:
     """{'clean': acc, threat: {attack: acc, ..., 'worst_case': acc}, 'max_linf': {...}}.
 
     'max_linf' ('max_l2' for attacks with norm='L2') holds the largest distance of each
@@ -208,6 +233,9 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
     worst_case is the per-sample worst case over the threat's attacks (and clean).
     cache: a directory for finished batches (see `correct_under`), one subdirectory per
     threat and attack; name it after the models, examples, attacks and key.
+    Each attack runs on `attack_key(key, name, params)` under every threat model.
+    crafts: (threat, name, params, attack key) -> a directory of crafted batches for that
+    attack (see `correct_under`), or None.
     """
     sub = (lambda name: os.path.join(cache, name)) if cache else (lambda name: None)
     predict = make_predict(models.served, models.stochastic, models.eval_draws)
@@ -216,18 +244,19 @@ def report(models: Models, x, y, key, attacks: dict, threats=("whitebox",),
                              cache=sub("clean"), predict=predict)
     out = {"examples": int(len(x)), "clean": float(clean.mean()), "max_linf": {}}
     kept = {"clean": clean}
-    for t_i, threat in enumerate(threats):
+    for threat in threats:
         attacked = _attacked(models, threat)
         stoch = models.stochastic and threat == "whitebox"
         worst = clean.copy()
         out[threat] = {}
-        for a_i, (name, params) in enumerate(attacks.items()):
+        for name, params in attacks.items():
             norm = params.get("norm", "Linf")
+            k = attack_key(key, name, params)
             ok, dist = correct_under(models.served, models.stochastic, attacked,
-                                     craft_fn(name, params, stoch), x, y,
-                                     jax.random.fold_in(key, 100 * t_i + a_i), batch_size,
+                                     craft_fn(name, params, stoch), x, y, k, batch_size,
                                      desc=f"{threat} {name}" if progress else None,
-                                     cache=sub(f"{threat}-{name}"), predict=predict, norm=norm)
+                                     cache=sub(f"{threat}-{name}"), predict=predict, norm=norm,
+                                     crafts=crafts(threat, name, params, k) if crafts else None)
             worst &= ok
             kept[f"{threat}/{name}"] = ok
             out[threat][name] = float(ok.mean())

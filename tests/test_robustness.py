@@ -86,6 +86,53 @@ def test_a_stopped_report_resumes_from_its_finished_batches(tmp_path):
     assert (tmp_path / "cache" / "transfer-pgd" / "2.npz").is_file()
 
 
+def test_crafted_batches_are_kept_and_reused_by_another_served_model(tmp_path):
+    """Examples crafted on one model are kept (`crafts`) and scored again in front of a
+    different served model without attacking, as purifiers in front of one target share
+    them; the scores are the new model's."""
+    x, y = _data(40)
+    craft = robustness.craft_fn("pgd", dict(eps=0.1, step_size=0.025, steps=5), False)
+    calls = []
+
+    def counting(f, xb, yb, k):
+        calls.append(len(xb))
+        return craft(f, xb, yb, k)
+    crafts = str(tmp_path / "crafts")
+    first, _ = robustness.correct_under(served, False, served, counting, x, y,
+                                        jax.random.key(0), 16, crafts=crafts)
+    assert len(calls) == 3 and sorted(p.name for p in (tmp_path / "crafts").iterdir()) == \
+        ["0.npz", "1.npz", "2.npz"]
+    other = lambda xb: served(jnp.clip(xb + 0.05, 0, 1))        # noqa: E731
+    again, _ = robustness.correct_under(other, False, served, counting, x, y,
+                                        jax.random.key(0), 16, crafts=crafts)
+    assert len(calls) == 3                                       # nothing crafted again
+    fresh, _ = robustness.correct_under(other, False, served, craft, x, y, jax.random.key(0), 16)
+    np.testing.assert_array_equal(again, fresh)
+    assert not np.array_equal(first, again)
+
+
+def test_an_attack_keys_on_its_settings_not_its_name_or_place(monkeypatch):
+    """`report` gives an attack the key of its settings: the same entry under another name,
+    at another place or under another threat model gets the same key (so crafted examples
+    can be shared), a changed setting another."""
+    seen = []
+
+    def fake(f, x, y, k, **kw):
+        seen.append((kw["eps"], tuple(np.asarray(jax.random.key_data(k)).ravel().tolist())))
+        return x
+    monkeypatch.setitem(robustness.attack_lib.ATTACKS, "pgd", fake)
+    x, y = _data(16)
+    models = robustness.Models(served=served, source=source)
+    a, b = dict(attack="pgd", eps=0.1), dict(attack="pgd", eps=0.2)
+    robustness.report(models, x, y, jax.random.key(0), {"p": a, "q": b}, ("whitebox",),
+                      progress=False)
+    robustness.report(models, x, y, jax.random.key(0), {"q2": b, "p2": a}, ("transfer",),
+                      progress=False)
+    keys = dict(seen[:2])
+    assert [keys[e] for e, _ in seen[2:]] == [k for _, k in seen[2:]]
+    assert keys[0.1] != keys[0.2]
+
+
 def test_sanity_checks_flag_a_masked_model():
     x, y = _data()
     masked = lambda xa: served(jnp.round(xa * 2) / 2)

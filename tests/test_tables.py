@@ -114,6 +114,7 @@ class _Model:
     stochastic: bool = False
     defense: str = "arn"
     num_classes: int = 10
+    config: dict = None
 
 
 def test_each_protocol_attacks_what_it_should():
@@ -202,7 +203,7 @@ def test_a_stopped_system_resumes_from_its_finished_batches(tmp_path, monkeypatc
     seen = []
 
     def fake_report(m, x, y, key, attacks, threats, batch_size, progress, cache=None,
-                    per_example=False):
+                    per_example=False, crafts=None):
         seen.append(cache)
         os.makedirs(cache, exist_ok=True)
         ok = np.ones(len(x), bool)
@@ -250,3 +251,62 @@ def test_grfd_experiments_plan_one_run_per_setting_and_share_the_papers_run(tmp_
     with pytest.raises(ValueError, match="cifar10"):
         engine.plan(tables.get("grfd", "2"), str(tmp_path), "cifar10", True, {}, {})
     assert grfd.TABLES["3"] is tables.get("grfd", "3")
+
+
+def test_systems_attacking_one_model_craft_once(tmp_path, monkeypatch):
+    """ARN Table 1: the NONE row (white-box on the target) and the purifier rows (crafted on
+    the same target, then purified) craft each attack once between them; each purifier's
+    adaptive attack crafts on its own pipeline; a later table under the same root crafts
+    nothing it has already crafted; a retrained target is crafted on again."""
+    import jaxdefense
+    spec = tables.get("arn", "1")
+    runs = tmp_path / "runs"
+    purify_a = lambda x: jnp.round(x * 4) / 4                  # noqa: E731
+    purify_b = lambda x: jnp.clip(x + 0.1, 0, 1)               # noqa: E731
+    target = {"target_workdir": str(runs / "none")}
+    models = {"none": _Model(_net, {"classifier": _net}, defense="standard"),
+              "apegan_pp": _Model(lambda x: _net(purify_a(x)),
+                                  {"purify": purify_a, "classifier": _net}, defense="apegan",
+                                  config=target),
+              "hgd_pp": _Model(lambda x: _net(purify_b(x)),
+                               {"purify": purify_b, "classifier": _net}, defense="hgd",
+                               config=target)}
+    monkeypatch.setattr(jaxdefense, "load", lambda w: models[os.path.basename(w)])
+    for name in models:
+        os.makedirs(runs / name)
+        (runs / name / "results.json").write_text(f'{{"run": "{name}"}}')
+    workdirs = {n: str(runs / n) for n in models}
+    calls = []
+
+    def fake(f, x, y, k, **kw):
+        calls.append(f)
+        return jnp.clip(x + 0.01 * jnp.sign(jax.random.normal(k, x.shape)), 0, 1)
+    for name in ("pgd", "cw_l2", "ddn", "autoattack", "jsma"):
+        monkeypatch.setitem(robustness.attack_lib.ATTACKS, name, fake)
+    x = jax.random.uniform(jax.random.key(4), (6, 4, 4, 1))
+    y = jnp.argmax(_net(x), 1)
+    attacks = spec.attacks("mnist", 2, 2)
+
+    def measure(only, cache):
+        calls.clear()
+        return engine.evaluate(spec, workdirs, "mnist", x, y, attacks, jax.random.key(0),
+                               batch_size=4, only=only, cache_dir=str(tmp_path / cache),
+                               run_checks=False, progress=False)
+    out = measure({"none", "apegan_pp", "hgd_pp"}, "c")
+    batches = 2 * len(attacks)
+    on_target = [f for f in calls if f is _net]
+    assert len(on_target) == batches                 # once for all three rows
+    assert len(calls) == 3 * batches                 # + each purifier's adaptive run
+    again = measure({"apegan_pp", "hgd_pp"}, "c2")   # another cache: crafted anew, once
+    assert len([f for f in calls if f is _net]) == batches
+    (tmp_path / "c" / "apegan_pp.json").unlink()
+    (tmp_path / "c" / "hgd_pp.json").unlink()
+    again = measure({"apegan_pp", "hgd_pp"}, "c")    # same root: nothing crafted again
+    assert calls == []
+    for s in ("apegan_pp", "hgd_pp"):
+        assert again[s]["paper"] == out[s]["paper"]
+        assert again[s]["adaptive"] == out[s]["adaptive"]
+    (runs / "none" / "results.json").write_text('{"run": "none", "retrained": 1}')
+    (tmp_path / "c" / "apegan_pp.json").unlink()
+    measure({"apegan_pp"}, "c")
+    assert len([f for f in calls if f is _net]) == batches

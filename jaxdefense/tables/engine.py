@@ -9,7 +9,9 @@ BPDA through a purifier; crafted on another run's pipeline (gray-box). The adapt
 every system is the white-box attack on the whole served pipeline (EOT over randomness,
 BPDA through non-differentiable stages), each cell the per-example worst of it and the
 paper's attack, the worst case over every attack run on the example. Randomized systems
-count an example as right only if right on every one of `eval_draws` draws.
+count an example as right only if right on every one of `eval_draws` draws. Examples
+crafted on one model are crafted once and shared by every system (and table) that attacks
+that model with the same attack.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from jaxdefense import files, plots, robustness
 from jaxdefense.tables.spec import PROTOCOLS, Spec, System
 
 EVAL_DRAWS = 4      # randomized systems: right on every one of this many draws (smoke: 2)
-CHECKS_STREAM = 10_000      # fold_in constant of the checks' keys (the reports use < 1000)
+CHECKS_STREAM = 10_000      # fold_in constant of the checks' keys
 
 
 def kind(dataset: str) -> str:
@@ -237,19 +239,23 @@ def _with_avg(spec: Spec, result: dict) -> dict:
     return row
 
 
+def _run_stamp(workdirs: dict, run: str) -> str:
+    """A finished run's identity: the digest of its results.json (rewritten by any
+    retraining), else its workdir's absolute path."""
+    path = os.path.join(workdirs[run], "results.json")
+    return hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) \
+        else os.path.abspath(workdirs[run])
+
+
 def fingerprint(spec: Spec, system: System, workdirs: dict, x, y, attacks: dict, key,
                 batch_size: int, eval_draws: int = EVAL_DRAWS, checks=True) -> str:
     """What a system's measurement depends on: the examples, the attacks, the key, the batch,
     the evaluation draws, the checks (False, or their PGD settings), the finished runs it
-    loads (their results.json, rewritten by any retraining; keyed by run name) and the
-    measuring code (`files.code_digest`: the package version and the attack, defense and
-    model source)."""
+    loads (`_run_stamp`, keyed by run name) and the measuring code (`files.code_digest`: the
+    package version and the attack, defense and model source)."""
     h = hashlib.sha256()
-    runs = {}
-    for d in sorted({r for r in (system.run, spec.source, system.crafted_on) if r}):
-        path = os.path.join(workdirs[d], "results.json")
-        runs[d] = hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) \
-            else os.path.abspath(workdirs[d])
+    runs = {d: _run_stamp(workdirs, d)
+            for d in sorted({r for r in (system.run, spec.source, system.crafted_on) if r})}
     h.update(json.dumps(dict(column=system.name, attacks=attacks, batch_size=batch_size,
                              key=np.asarray(jax.random.key_data(key)).tolist(), runs=runs,
                              eval_draws=eval_draws, checks=checks, code=files.code_digest()),
@@ -257,6 +263,57 @@ def fingerprint(spec: Spec, system: System, workdirs: dict, x, y, attacks: dict,
     h.update(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(y, np.int64)).tobytes())
     return h.hexdigest()
+
+
+def _served_id(models: dict, run: str) -> tuple:
+    """What attacking run's served pipeline attacks: its plain network for an undefended
+    run (the same network a purifier in front of it has as its classifier part)."""
+    return ("model", run) if models[run].defense == "standard" else ("served", run)
+
+
+def attacked_ids(spec: Spec, system: System, models: dict, workdirs: dict,
+                 dataset: str) -> tuple:
+    """(papers' protocol, adaptive): what each protocol's attacks are crafted on, as (kind,
+    run) (kind: 'model', 'served', 'classifier', 'fixed-draw', 'bpda', or a preprocessing's
+    'bpda:<name>'). Systems whose attacks see the same function under the same name share
+    their crafted examples: the transfer columns all craft on the source model, the
+    purifiers in front of one target on that target, a gray-box row on the pipeline it
+    names."""
+    if system.preprocess:
+        return ("model", spec.source), (f"bpda:{system.preprocess[kind(dataset)]}", spec.source)
+    adaptive = _served_id(models, system.run)
+    protocol = system.protocol
+    if protocol == "whitebox":
+        return adaptive, adaptive
+    if protocol == "fixed-draw":
+        return ("fixed-draw", system.run), adaptive
+    if protocol == "bpda":
+        return ("bpda", system.run), adaptive
+    if protocol == "from":
+        other = system.crafted_on
+        return (("fixed-draw", other) if models[other].stochastic
+                else _served_id(models, other)), adaptive
+    if protocol == "target-only":
+        target = (models[system.run].config or {}).get("target_workdir")
+        for run, w in workdirs.items():
+            if target and os.path.realpath(w) == os.path.realpath(target) and \
+                    models[run].defense == "standard":
+                return ("model", run), adaptive
+        return ("classifier", system.run), adaptive
+    return ("model", spec.source), adaptive
+
+
+def crafts_dir(cache_dir: str, attacked: tuple, workdirs: dict, name: str, params: dict,
+               key, batch_size: int, examples: str) -> str:
+    """cache_dir/crafts/<digest>: the examples attack `name` (`params`, on `key`) crafts on
+    `attacked` ((kind, run) of `attacked_ids`) from `examples` (a digest of x and y) in
+    batches of `batch_size`, under the measuring code."""
+    stamp = json.dumps(dict(attacked=[*attacked, _run_stamp(workdirs, attacked[1])],
+                            attack=name, params=params, batch_size=batch_size,
+                            key=np.asarray(jax.random.key_data(key)).tolist(),
+                            examples=examples, code=files.code_digest()),
+                       sort_keys=True, default=str)
+    return os.path.join(cache_dir, "crafts", hashlib.sha256(stamp.encode()).hexdigest()[:24])
 
 
 def _bits(a) -> str:
@@ -334,16 +391,23 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
     attacks, key, draws, runs and code, so a table that stopped part-way resumes at the
     first unfinished system; within a system, each finished attack batch is kept under
     cache_dir/batches/ (named after the same fingerprint) until the system is done, so the
-    unfinished system resumes at its first unfinished batch."""
+    unfinished system resumes at its first unfinished batch. Every system is attacked on
+    `key`, and the crafted examples are kept under cache_dir/crafts/ (`crafts_dir`, named
+    after what they were crafted on, `attacked_ids`): systems that attack the same model
+    with the same attack craft once (the transfer columns on the source model, the
+    purifiers on their common target), in this table and in any other under the same root."""
     import jaxdefense
     models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
     num_classes = models[spec.source].num_classes
+    examples = hashlib.sha256(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes() +
+                              np.ascontiguousarray(np.asarray(y, np.int64)).tobytes()
+                              ).hexdigest()
     out = {}
-    for i, system in enumerate(spec.systems):
+    for system in spec.systems:
         if only is not None and system.name not in only:
             continue
-        k = jax.random.fold_in(key, i)
-        cached = batches = None
+        k = key        # every system on the same key: equal attacks on one model agree
+        cached = batches = crafts = None
         if cache_dir is not None:
             cached = os.path.join(cache_dir, f"{system.name}.json")
             stamp = fingerprint(spec, system, workdirs, x, y, attacks, k, batch_size,
@@ -358,6 +422,10 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
                     continue
             # finished attack batches of this measurement: a stopped one resumes there
             batches = os.path.join(cache_dir, "batches", f"{system.name}-{stamp[:16]}")
+            ids = dict(zip(("paper", "adaptive"),
+                           attacked_ids(spec, system, models, workdirs, dataset)))
+            crafts = (lambda protocol: lambda threat, name, params, ka: crafts_dir(
+                cache_dir, ids[protocol], workdirs, name, params, ka, batch_size, examples))
         protocol = PROTOCOLS[system.protocol] + (
             f" ({system.crafted_on})" if system.crafted_on else "")
         entry = {"label": system.label, "paper_protocol": protocol}
@@ -366,7 +434,8 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
             print(f"== attacking {system.label}", flush=True)
         sub = (lambda p: os.path.join(batches, p)) if batches else (lambda p: None)
         paper = robustness.report(paper_m, x, y, k, attacks, (threat,), batch_size, progress,
-                                  cache=sub("paper"), per_example=True)
+                                  cache=sub("paper"), per_example=True,
+                                  crafts=crafts and crafts("paper"))
         paper_row = {"clean": paper["clean"], **_with_avg(spec, paper[threat])}
         if paper_m is adaptive_m:
             adaptive = paper
@@ -374,7 +443,7 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
         else:
             adaptive = robustness.report(adaptive_m, x, y, k, attacks, ("whitebox",),
                                          batch_size, progress, cache=sub("adaptive"),
-                                         per_example=True)
+                                         per_example=True, crafts=crafts and crafts("adaptive"))
             wb_row = {"clean": adaptive["clean"], **_with_avg(spec, adaptive["whitebox"])}
         rows = {"paper": paper_row, "adaptive": combine(spec, paper, adaptive),
                 "whitebox_only": wb_row,
