@@ -118,12 +118,18 @@ def random_targets(logits_fn, x, y, key, stochastic: bool = False):
 SCORE_STREAM = 0x7FFFFFFF   # fold_in constant of the scoring draws' own key stream
 
 
+def resolved_entry(name: str, params: dict) -> dict:
+    """A preset entry with its attack function named (`attack`), whatever the entry is called:
+    what the crafted examples depend on besides the model, the examples and the key."""
+    return {**params, "attack": params.get("attack") or ALIASES.get(name, name)}
+
+
 def attack_key(key, name: str, params: dict):
     """The key of a report's attack `name` with settings `params`: `key` folded with a digest
     of the resolved entry (its attack function and settings), so an attack gets the same key
     whatever it is called, wherever it sits in a preset and whichever threat model it runs
     under, and examples crafted on one model can be reused (`report`'s `crafts`)."""
-    entry = {**params, "attack": params.get("attack") or ALIASES.get(name, name)}
+    entry = resolved_entry(name, params)
     digest = hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).digest()
     return jax.random.fold_in(key, int.from_bytes(digest[:4], "little") % SCORE_STREAM)
 

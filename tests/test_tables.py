@@ -310,3 +310,21 @@ def test_systems_attacking_one_model_craft_once(tmp_path, monkeypatch):
     (tmp_path / "c" / "apegan_pp.json").unlink()
     measure({"apegan_pp"}, "c")
     assert len([f for f in calls if f is _net]) == batches
+
+
+def test_the_crafts_directory_names_what_the_examples_depend_on(tmp_path):
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "results.json").write_text('{"clean": 0.99}')
+    workdirs = {"none": str(tmp_path / "none")}
+    pgd = tables.get("arn", "4").attacks("mnist", None, None)["pgd40"]
+    assert pgd == tables.get("arn", "1").attacks("mnist", None, None)["pgd"]
+
+    def where(attacked=("model", "none"), name="pgd40", params=pgd, key=0, batch=256, ex="e"):
+        return engine.crafts_dir("c", attacked, workdirs, name, params, jax.random.key(key),
+                                 batch, ex)
+    same = where()
+    assert where(name="pgd") == same and os.path.dirname(same) == os.path.join("c", "crafts")
+    assert len({same, where(attacked=("served", "none")), where(params=dict(pgd, eps=0.4)),
+                where(key=1), where(batch=128), where(ex="f")}) == 6
+    (tmp_path / "none" / "results.json").write_text('{"clean": 0.98}')     # retrained
+    assert where() != same

@@ -307,9 +307,11 @@ def crafts_dir(cache_dir: str, attacked: tuple, workdirs: dict, name: str, param
                key, batch_size: int, examples: str) -> str:
     """cache_dir/crafts/<digest>: the examples attack `name` (`params`, on `key`) crafts on
     `attacked` ((kind, run) of `attacked_ids`) from `examples` (a digest of x and y) in
-    batches of `batch_size`, under the measuring code."""
+    batches of `batch_size`, under the measuring code; the same settings under another
+    name (Table 4's 'pgd40' is Table 1's 'pgd') give the same directory."""
     stamp = json.dumps(dict(attacked=[*attacked, _run_stamp(workdirs, attacked[1])],
-                            attack=name, params=params, batch_size=batch_size,
+                            attack=robustness.resolved_entry(name, params),
+                            batch_size=batch_size,
                             key=np.asarray(jax.random.key_data(key)).tolist(),
                             examples=examples, code=files.code_digest()),
                        sort_keys=True, default=str)
