@@ -218,6 +218,9 @@ def resume_options(cfg) -> dict:
 
 
 PARTIAL = "-partial"     # mid-epoch checkpoints live in <ckpt_dir>-partial
+# steps slower than this (seconds, measured between logging steps) are logged one by one, so
+# the progress bar counts finished steps rather than steps dispatched ahead of the device
+SLOW_STEP_SECONDS = 1.0
 
 
 def _state_bytes(state) -> int:
@@ -268,9 +271,10 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
 
     hparams_fn(epoch) gives per-epoch scalars (e.g. GRFD's alpha) passed as arrays, so they
     never trigger a recompile. stop_after_epochs leaves early (a later call resumes).
-    Metrics stay on the device between logging steps (every `log_every` steps and the last
-    of an epoch), where they are fetched in one transfer and checked: a NaN or Inf stops
-    with `NonFiniteError` before anything of that epoch is saved. An epoch's record is
+    Metrics stay on the device between logging steps (every `log_every` steps, the first
+    of an epoch, the last, and every step while steps take over SLOW_STEP_SECONDS: the bar
+    then advances as steps finish), where they are fetched in one transfer and checked: a
+    NaN or Inf stops with `NonFiniteError` before anything of that epoch is saved. An epoch's record is
     appended to `metrics_path` before its checkpoint is written, and records past the
     checkpoint a run resumes from are dropped, so each epoch is recorded once whatever
     moment a run was killed at. The next `prefetch_batches` batches are prepared on a
@@ -322,6 +326,7 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
         return due
 
     try:
+        pace = {"every_step": False}     # steps finished and the time at the last logging step
         with preemption.stop_requests():
             for epoch in range(start, last):
                 first = skip if epoch == start else 0
@@ -337,11 +342,17 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                                  if epoch == start else {})
                 pending, t0 = [], time.perf_counter()
                 before = seconds0 if epoch == start else 0.0
+                pace.update(done=first, at=t0)
 
                 def flush(i):
                     nonlocal pending
                     values = _host_means(pending)
                     pending = []
+                    now = time.perf_counter()
+                    if jax.process_count() == 1:    # a local clock must not decide collectives
+                        pace["every_step"] = ((now - pace["at"]) / max(i + 1 - pace["done"], 1)
+                                              > SLOW_STEP_SECONDS)
+                    pace.update(done=i + 1, at=now)
                     bad = {k: v[-1] for k, v in values.items() if not np.all(np.isfinite(v))}
                     if bad:
                         resume = ckpts.latest() or 0
@@ -364,7 +375,8 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
                         pending.append(metrics)
                         done = i + 1
                         why = preemption.requested(epoch * steps_per_epoch + done)
-                        logging = not done % log_every or done == steps_per_epoch
+                        logging = (not done % log_every or done == steps_per_epoch or
+                                   done == first + 1 or pace["every_step"])
                         periodic = (checkpoint_every_steps and done < steps_per_epoch and not
                                     (epoch * steps_per_epoch + done) % checkpoint_every_steps)
                         if not (logging or periodic or why):

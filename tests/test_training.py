@@ -83,7 +83,7 @@ def test_nan_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_pat
     with pytest.raises(training.NonFiniteError) as e:
         _fit(str(tmp_path), hparams_fn=poison, log_every=2)
     message = str(e.value)
-    assert "p epoch 2, step 2 of 6" in message and "loss" in message
+    assert "p epoch 2, step 1 of 6" in message and "loss" in message   # its first logging step
     assert "checkpoint of epoch 1" in message
     assert Checkpoints(str(tmp_path / "ckpt")).steps() == [1]
     epochs = [json.loads(s)["epoch"] for s in open(tmp_path / "metrics.jsonl")]
@@ -91,3 +91,30 @@ def test_nan_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_pat
     # the cause fixed, the same command resumes from epoch 1 and finishes
     state = _fit(str(tmp_path))
     assert int(jax.device_get(state.step)) == 18
+
+
+def test_slow_steps_are_logged_as_they_finish(tmp_path, monkeypatch):
+    """Steps slower than SLOW_STEP_SECONDS are fetched one by one, so the bar and its img/s
+    follow finished steps (dispatched ahead, a bar of slow steps would sit at its first step
+    until the epoch's last); fast steps keep to `log_every`; the result is the same."""
+    import time
+    fetched = []
+    host_means = training._host_means
+
+    def counting(pending):
+        fetched.append(len(pending))
+        return host_means(pending)
+    monkeypatch.setattr(training, "_host_means", counting)
+    monkeypatch.setattr(training, "SLOW_STEP_SECONDS", 0.03, raising=False)
+    fast = _fit(str(tmp_path / "fast"), epochs=2)                  # 6 steps an epoch
+    assert len(fetched) <= 2 * 3 and sum(fetched) == 12
+
+    def slow_step(state, batch, key, hparams):
+        jax.debug.callback(lambda: time.sleep(0.1))
+        return _step(state, batch, key, hparams)
+    fetched.clear()
+    x, y = _data()
+    slow = training.fit(_state(), slow_step, x, y, epochs=2, batch_size=16, seed=0,
+                        ckpt_dir=str(tmp_path / "slow" / "ckpt"), phase="p", progress=False)
+    assert fetched == [1] * 12
+    chex.assert_trees_all_close(jax.device_get(slow.params), jax.device_get(fast.params))
