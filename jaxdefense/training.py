@@ -274,10 +274,10 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
     Metrics stay on the device between logging steps (every `log_every` steps, the first
     of an epoch, the last, and every step while steps take over SLOW_STEP_SECONDS: the bar
     then advances as steps finish), where they are fetched in one transfer and checked: a
-    NaN or Inf stops with `NonFiniteError` before anything of that epoch is saved. An epoch's record is
-    appended to `metrics_path` before its checkpoint is written, and records past the
-    checkpoint a run resumes from are dropped, so each epoch is recorded once whatever
-    moment a run was killed at. The next `prefetch_batches` batches are prepared on a
+    NaN or Inf stops with `NonFiniteError` before anything of that epoch is saved. An
+    epoch's record is appended to `metrics_path` before its checkpoint is written, and
+    records past the checkpoint a run resumes from are dropped, so each epoch is recorded
+    once whatever moment a run was killed at. The next `prefetch_batches` batches are prepared on a
     background thread (0: inline). transfer_guard: a `jax.transfer_guard` level for the step
     loop ('disallow' turns any implicit host-device transfer there into an error; the tests
     run it so).
@@ -326,7 +326,8 @@ def fit(state: TrainState, step: Callable, x: np.ndarray, y: np.ndarray, *, epoc
         return due
 
     try:
-        pace = {"every_step": False}     # steps finished and the time at the last logging step
+        # every_step: log each step; done / at: steps finished, time at the last logging step
+        pace = {"every_step": False}
         with preemption.stop_requests():
             for epoch in range(start, last):
                 first = skip if epoch == start else 0
