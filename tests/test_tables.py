@@ -297,7 +297,7 @@ def test_systems_attacking_one_model_craft_once(tmp_path, monkeypatch):
     on_target = [f for f in calls if f is _net]
     assert len(on_target) == batches                 # once for all three rows
     assert len(calls) == 3 * batches                 # + each purifier's adaptive run
-    again = measure({"apegan_pp", "hgd_pp"}, "c2")   # another cache: crafted anew, once
+    measure({"apegan_pp", "hgd_pp"}, "c2")           # another cache: crafted anew, once
     assert len([f for f in calls if f is _net]) == batches
     (tmp_path / "c" / "apegan_pp.json").unlink()
     (tmp_path / "c" / "hgd_pp.json").unlink()
