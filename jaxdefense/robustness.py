@@ -194,7 +194,7 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
         kept_adv = os.path.join(crafts, f"{i}.npz") if crafts else None
         if kept_adv and os.path.isfile(kept_adv):
             with np.load(kept_adv) as kept:
-                x_adv = shard_batch(jnp.asarray(kept["x_adv"]))
+                x_adv = shard_batch(kept["x_adv"])
         else:
             x_adv = craft(attacked, xb, yb, jax.random.fold_in(key, i))
             if kept_adv:

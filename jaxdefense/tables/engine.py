@@ -247,22 +247,26 @@ def _run_stamp(workdirs: dict, run: str) -> str:
         else os.path.abspath(workdirs[run])
 
 
+def examples_digest(x, y) -> str:
+    """sha256 of the attacked examples: images as float32, labels as int64."""
+    h = hashlib.sha256(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(y, np.int64)).tobytes())
+    return h.hexdigest()
+
+
 def fingerprint(spec: Spec, system: System, workdirs: dict, x, y, attacks: dict, key,
                 batch_size: int, eval_draws: int = EVAL_DRAWS, checks=True) -> str:
     """What a system's measurement depends on: the examples, the attacks, the key, the batch,
     the evaluation draws, the checks (False, or their PGD settings), the finished runs it
     loads (`_run_stamp`, keyed by run name) and the measuring code (`files.code_digest`: the
     package version and the attack, defense and model source)."""
-    h = hashlib.sha256()
     runs = {d: _run_stamp(workdirs, d)
             for d in sorted({r for r in (system.run, spec.source, system.crafted_on) if r})}
-    h.update(json.dumps(dict(column=system.name, attacks=attacks, batch_size=batch_size,
-                             key=np.asarray(jax.random.key_data(key)).tolist(), runs=runs,
-                             eval_draws=eval_draws, checks=checks, code=files.code_digest()),
-                        sort_keys=True).encode())
-    h.update(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes())
-    h.update(np.ascontiguousarray(np.asarray(y, np.int64)).tobytes())
-    return h.hexdigest()
+    stamp = json.dumps(dict(column=system.name, attacks=attacks, batch_size=batch_size,
+                            key=np.asarray(jax.random.key_data(key)).tolist(), runs=runs,
+                            eval_draws=eval_draws, checks=checks, code=files.code_digest(),
+                            examples=examples_digest(x, y)), sort_keys=True)
+    return hashlib.sha256(stamp.encode()).hexdigest()
 
 
 def _served_id(models: dict, run: str) -> tuple:
@@ -306,7 +310,7 @@ def attacked_ids(spec: Spec, system: System, models: dict, workdirs: dict,
 def crafts_dir(cache_dir: str, attacked: tuple, workdirs: dict, name: str, params: dict,
                key, batch_size: int, examples: str) -> str:
     """cache_dir/crafts/<digest>: the examples attack `name` (`params`, on `key`) crafts on
-    `attacked` ((kind, run) of `attacked_ids`) from `examples` (a digest of x and y) in
+    `attacked` ((kind, run) of `attacked_ids`) from `examples` (`examples_digest`) in
     batches of `batch_size`, under the measuring code; the same settings under another
     name (Table 4's 'pgd40' is Table 1's 'pgd') give the same directory."""
     stamp = json.dumps(dict(attacked=[*attacked, _run_stamp(workdirs, attacked[1])],
@@ -401,9 +405,7 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
     import jaxdefense
     models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
     num_classes = models[spec.source].num_classes
-    examples = hashlib.sha256(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes() +
-                              np.ascontiguousarray(np.asarray(y, np.int64)).tobytes()
-                              ).hexdigest()
+    examples = examples_digest(x, y)
     out = {}
     for system in spec.systems:
         if only is not None and system.name not in only:
