@@ -92,8 +92,9 @@ class TorchLeNet5(tnn.Module):
         return self.head(F.relu(self.f2(F.relu(self.f1(x)))))
 
 
-def gaussian_kl(mu, logvar):
-    return -0.5 * torch.mean(1.0 + logvar - mu ** 2 - torch.exp(logvar), dim=1)
+def gaussian_kl(mu, logvar, reduction: str = "mean"):
+    terms = 1.0 + logvar - mu ** 2 - torch.exp(logvar)
+    return -0.5 * (terms.sum(dim=1) if reduction == "sum" else terms.mean(dim=1))
 
 
 def cosine_per_sample(a, b, eps: float = 1e-12):
@@ -129,7 +130,7 @@ def generator_loss(cfg, vae, rsm, x, y, alpha: float, sample_noise, rb_noise):
     logits = rsm(x_r)
     x_norm = (x - vae.mean) / vae.std
     terms = dict(l_rc=((out["recon"] - x_norm) ** 2).mean((1, 2, 3)),
-                 l_kl=gaussian_kl(out["mu"], out["logvar"]),
+                 l_kl=gaussian_kl(out["mu"], out["logvar"], cfg.kl_reduction),
                  l_rf=F.cross_entropy(out["logits_z"], y, reduction="none"),
                  l_cl=F.cross_entropy(logits, y, reduction="none"))
     if cfg.delta > 0:

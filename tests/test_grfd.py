@@ -5,10 +5,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.test_util import check_grads
 
 from jaxdefense import training
+from jaxdefense.data import dataset_info
 from jaxdefense.defenses import grfd
 from jaxdefense.defenses.grfd.config import GRFDConfig, preset
 from jaxdefense.training import classifier_step, cosine_per_epoch
@@ -160,6 +162,92 @@ def test_rb_gradient_reaches_vae_through_x_r():
                                             state.params["vae"]["decoder"], dec)))
 
 
+class TinyVAE(nn.Module):
+    """Dense encoder / decoder with LVCVAE's outputs and attributes, for fast loss checks."""
+    z_dim: int = 6
+    classes: int = 3
+    mean: tuple = (0.5,)
+    std: tuple = (0.25,)
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        h = nn.BatchNorm(use_running_average=not train)(x.reshape(x.shape[0], -1))
+        mu, logvar = nn.Dense(self.z_dim)(h), 0.1 * nn.Dense(self.z_dim)(h)
+        z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(self.make_rng("sample"), mu.shape)
+        recon = jnp.tanh(nn.Dense(math.prod(x.shape[1:]))(z)).reshape(x.shape)
+        return dict(x_u=recon * jnp.asarray(self.std) + jnp.asarray(self.mean), recon=recon,
+                    mu=mu, logvar=logvar, logits_z=nn.Dense(self.classes)(z))
+
+
+def _tiny_step_metrics(**fields):
+    """Phase-I metrics of one step on TinyVAE + Smooth (digits' std) with the given fields,
+    and what the step needs to recompute its terms: (metrics, vae, vae_vars, rsm, rsm_vars,
+    x, y, key, cfg)."""
+    cfg = GRFDConfig(dataset="digits", **fields).validate()
+    std = dataset_info("digits")["std"]
+    vae, rsm = TinyVAE(std=tuple(std)), Smooth()
+    x = jax.random.uniform(jax.random.key(0), (4, 2, 2, 1))
+    y = jnp.array([0, 1, 2, 1])
+    vae_vars = vae.init({"params": jax.random.key(1), "sample": jax.random.key(2)}, x)
+    rsm_vars = rsm.init(jax.random.key(3), x)
+    state = training.TrainState.create(
+        apply_fn=None, params={"vae": vae_vars["params"], "rsm": rsm_vars["params"]},
+        batch_stats={"vae": vae_vars["batch_stats"], "rsm": {}}, tx=optax.sgd(0.0))
+    key = jax.random.key(4)
+    _, metrics = jax.jit(grfd.make_generator_step(cfg, vae, rsm))(
+        state, (x, y), key, {"alpha": jnp.float32(1.0)})
+    return metrics, vae, vae_vars, rsm, rsm_vars, x, y, key, cfg
+
+
+def test_kl_reduction_sum_is_the_mean_times_z_dim():
+    """kl_reduction="sum" (the paper's KL) is the default "mean" (the reference code's)
+    times the latent size, in L_kl and in the loss; nothing else changes."""
+    mu = jax.random.normal(jax.random.key(0), (3, 5))
+    logvar = 0.3 * jax.random.normal(jax.random.key(1), (3, 5))
+    np.testing.assert_allclose(grfd.gaussian_kl(mu, logvar, "sum"),
+                               5 * grfd.gaussian_kl(mu, logvar), rtol=1e-6)
+    assert GRFDConfig().kl_reduction == "mean"
+    mean = _tiny_step_metrics(delta=0.0)[0]
+    total = _tiny_step_metrics(delta=0.0, kl_reduction="sum")[0]
+    z_dim = TinyVAE.z_dim
+    assert float(mean["l_kl"]) > 0
+    np.testing.assert_allclose(total["l_kl"], z_dim * mean["l_kl"], rtol=1e-5)
+    np.testing.assert_allclose(total["loss"] - mean["loss"],
+                               GRFDConfig().beta * (z_dim - 1) * mean["l_kl"], rtol=1e-4)
+    for k in ("l_rc", "l_rf", "l_cl"):
+        np.testing.assert_allclose(total[k], mean[k], rtol=1e-6)
+
+
+def test_rb_noise_scale_reaches_l_rb():
+    """L_rb in the step is robustness_loss with std rb_noise * data std (the same draws):
+    0.01 (the reference code's, the default) and 1.0 (the paper's N(0, 1)) both reach it
+    and give different values."""
+    assert GRFDConfig().rb_noise == 0.01
+    got = {}
+    for noise in (0.01, 1.0):
+        m, vae, vae_vars, rsm, rsm_vars, x, y, key, cfg = _tiny_step_metrics(
+            rb_noise=noise, rb_samples=2)
+        k_sample, _, k_rb = jax.random.split(key, 3)     # as the step splits its key
+        out = vae.apply(vae_vars, x, train=True, rngs={"sample": k_sample},
+                        mutable=["batch_stats"])[0]
+        x_r = x - out["x_u"]
+        want = grfd.robustness_loss(rsm, rsm_vars, x_r, x_r, y, k_rb, 2,
+                                    noise * jnp.asarray(dataset_info(cfg.dataset)["std"])).mean()
+        np.testing.assert_allclose(m["l_rb"], want, rtol=1e-5, atol=1e-6)
+        got[noise] = float(m["l_rb"])
+    assert got[1.0] > got[0.01] + 1e-3 and got[0.01] < -0.99
+
+
+def test_paper_reading_flags_from_the_command_line():
+    from jaxdefense.cli import parse_config
+    from jaxdefense.defenses.grfd.config import PRESETS
+    cfg = parse_config(["--dataset=digits", "--kl_reduction=sum", "--rb_noise=1.0"],
+                       GRFDConfig, preset, PRESETS, "grfd", "")
+    assert (cfg.kl_reduction, cfg.rb_noise) == ("sum", 1.0)
+    cfg = parse_config(["--dataset=digits"], GRFDConfig, preset, PRESETS, "grfd", "")
+    assert (cfg.kl_reduction, cfg.rb_noise) == ("mean", 0.01)
+
+
 @pytest.mark.slow
 def test_one_target_step_and_served_pipeline():
     cfg = preset("digits", smoke=True, z_dim=8, vae_base=4, lenet_width=0.25)
@@ -185,6 +273,10 @@ def test_config_validation():
         GRFDConfig(rb_clean_at="x").validate()
     with pytest.raises(ValueError, match="alpha"):
         GRFDConfig(alpha="1,2").validate()
+    with pytest.raises(ValueError, match="kl_reduction must be mean .* or sum"):
+        GRFDConfig(kl_reduction="avg").validate()
+    with pytest.raises(ValueError, match="rb_noise .* must be >= 0"):
+        GRFDConfig(rb_noise=-1.0).validate()
     with pytest.raises(ValueError, match="unknown dataset"):
         GRFDConfig(dataset="svhn").validate()
     with pytest.raises(ValueError, match="no GRFD preset"):

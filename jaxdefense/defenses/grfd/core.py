@@ -7,8 +7,9 @@ training set to x_r (z = mu), phase III trains the target on x_r, and the served
 target(x - G(x)).
 
 Units: images and x_u, x_r are in pixel units; L_rc is measured in normalized units (as the
-reference code), and the L_rb noise std is given in normalized units and scaled by the
-dataset std.
+reference code), and the L_rb noise std (`rb_noise`) is given in normalized units and scaled
+by the dataset std. L_kl is averaged over z by default (as the reference code;
+`kl_reduction="sum"` is the paper's sum).
 """
 from __future__ import annotations
 
@@ -72,13 +73,19 @@ def cosine_per_sample(a, b, eps: float = 1e-12):
     return jnp.sum(a * b, 1) / (norm(a) * norm(b) + eps)
 
 
-def gaussian_kl(mu, logvar):
-    """KL(N(mu, e^logvar) || N(0, I)) per sample, averaged over latent dimensions; [B].
+def gaussian_kl(mu, logvar, reduction: str = "mean"):
+    """KL(N(mu, e^logvar) || N(0, I)) per sample; [B]. reduction: "mean" over the latent
+    dimensions (the default, as the reference code) or "sum" (the paper's KL).
 
-    The reference code divides the batch sum by batch * 3 * z_dim; on 3-channel data its
-    beta equals ours / 3.
+    The reference code divides the batch sum by batch * 3 * z_dim: on 3-channel data, at the
+    same beta, its KL term is ours with "mean" / 3.
     """
-    return -0.5 * jnp.mean(1.0 + logvar - mu ** 2 - jnp.exp(logvar), axis=1)
+    terms = 1.0 + logvar - mu ** 2 - jnp.exp(logvar)
+    if reduction == "sum":
+        return -0.5 * jnp.sum(terms, axis=1)
+    if reduction == "mean":
+        return -0.5 * jnp.mean(terms, axis=1)
+    raise ValueError(f"KL reduction must be mean or sum, got {reduction!r}")
 
 
 def input_gradient(rsm, rsm_vars, x, y, dropout_key):
@@ -171,7 +178,7 @@ def make_generator_step(cfg: GRFDConfig, vae=None, rsm=None):
             rsm_stats = rsm_bs.get("batch_stats", {})
         x_norm = (x - jnp.asarray(vae.mean)) / jnp.asarray(vae.std)
         l_rc = jnp.mean((out["recon"] - x_norm) ** 2, axis=(1, 2, 3))
-        l_kl = gaussian_kl(out["mu"], out["logvar"])
+        l_kl = gaussian_kl(out["mu"], out["logvar"], cfg.kl_reduction)
         rectified = out["logits_z"] is not None
         l_rf = (optax.softmax_cross_entropy_with_integer_labels(out["logits_z"], y)
                 if rectified else jnp.zeros(len(y)))
