@@ -1,9 +1,9 @@
 """C&W-L2, DDN, JSMA, stAdv and targeted PGD against advertorch 0.2.3 (the library the ARN
 paper attacked with), run with torch on a model built from the same numpy weights. Skipped
-unless torch and advertorch are installed:
+unless torch and advertorch are installed (README's install line; CI fails instead, with
+JAXDEFENSE_REQUIRE_REFERENCES=1):
 
-    pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-    pip install --no-deps advertorch==0.2.3
+    pip install torch==2.13.0 && pip install --no-deps advertorch==0.2.3
     python -m pytest tests/test_advertorch_agreement.py -m slow -n 0
 
 advertorch 0.2.3 imports two things newer torch no longer has (`zero_gradients`, used by its
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from jaxdefense import attacks
+from tests.conftest import import_reference
 
-torch = pytest.importorskip("torch")
+torch = import_reference("torch")
 pytestmark = pytest.mark.slow
 
 
@@ -35,7 +36,7 @@ def advertorch():
         tr.ToPILImage = tr.ToTensor = lambda *a, **k: None
         tv.transforms = tr
         sys.modules["torchvision"], sys.modules["torchvision.transforms"] = tv, tr
-    mod = pytest.importorskip("advertorch.attacks")
+    mod = import_reference("advertorch.attacks")
     torch.set_num_threads(1)
     return mod
 

@@ -1,13 +1,18 @@
 """FAB-T and Square against the reference code (Croce & Hein's `fra31/auto-attack`), run with
-torch on models built from the same numpy weights. Skipped unless torch is installed and
-JAXDEFENSE_AUTOATTACK_REPO (default /work/.mirror/fra31+auto-attack/repo) is a git clone of
-the reference; the files are read with `git show HEAD:autoattack/<name>.py` and executed
-unmodified as modules of a stand-in `autoattack` package (nothing is installed).
+torch on models built from the same numpy weights. The reference's files are read from a git
+clone at JAXDEFENSE_AUTOATTACK_REPO (default /work/.mirror/fra31+auto-attack/repo), else from
+the `pyautoattack` package (the same files on PyPI, their imports of each other made
+relative: written back), and executed unmodified as modules of a stand-in `autoattack`
+package. Skipped without torch or either source (README's install line; CI fails instead,
+with JAXDEFENSE_REQUIRE_REFERENCES=1):
 
-    pip install torch==2.13.0 && git clone https://github.com/fra31/auto-attack REPO
-    JAXDEFENSE_AUTOATTACK_REPO=REPO python -m pytest tests/test_reference_agreement.py -m slow
+    pip install torch==2.13.0 && pip install --no-deps pyautoattack==0.2.0
+    python -m pytest tests/test_reference_agreement.py -m slow -n 0
 """
+import importlib.util
 import os
+import pathlib
+import re
 import subprocess
 import sys
 import types
@@ -19,21 +24,25 @@ import pytest
 
 from jaxdefense.attacks.fab import fab_targeted, projection_l2, projection_linf
 from jaxdefense.attacks.square import square
+from tests.conftest import import_reference, reference_missing
 
-torch = pytest.importorskip("torch")
+torch = import_reference("torch")
 REPO = os.environ.get("JAXDEFENSE_AUTOATTACK_REPO", "/work/.mirror/fra31+auto-attack/repo")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(subprocess.run(["git", "-C", REPO, "cat-file", "-e",
-                                       "HEAD:autoattack/fab_pt.py"],
-                                      capture_output=True).returncode != 0,
-                       reason=f"no fra31/auto-attack clone at {REPO}"),
-]
+CLONE = subprocess.run(["git", "-C", REPO, "cat-file", "-e", "HEAD:autoattack/fab_pt.py"],
+                       capture_output=True).returncode == 0
+PACKAGE = importlib.util.find_spec("pyautoattack")
+if not (CLONE or PACKAGE):
+    reference_missing(f"no fra31/auto-attack clone at {REPO} and no pyautoattack installed")
+pytestmark = pytest.mark.slow
 
 
 def _source(name: str) -> str:
-    return subprocess.run(["git", "-C", REPO, "show", f"HEAD:autoattack/{name}.py"],
-                          capture_output=True, text=True, check=True).stdout
+    """autoattack/<name>.py as the reference repository has it."""
+    if CLONE:
+        return subprocess.run(["git", "-C", REPO, "show", f"HEAD:autoattack/{name}.py"],
+                              capture_output=True, text=True, check=True).stdout
+    text = pathlib.Path(PACKAGE.submodule_search_locations[0], f"{name}.py").read_text()
+    return re.sub(r"^from \.", "from autoattack.", text, flags=re.M)
 
 
 @pytest.fixture(scope="module")

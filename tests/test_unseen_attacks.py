@@ -121,10 +121,14 @@ def test_jsma_raises_at_most_two_features_a_step_and_stops_at_the_target():
     diff = np.asarray(a - x).reshape(len(x), -1)
     assert np.all(diff >= -1e-7)                  # theta > 0 only raises features
     changed = (diff > 0).sum(1)
-    assert np.all(changed <= 2 * (36 // 2))
     reached = pred(a) == np.asarray(t)
     assert reached.mean() >= 0.5
     assert np.all(changed[reached] % 2 == 0)      # pairs move (the clip never hits 0 here)
+    # gamma caps the features changed at 2 * int(36 * gamma / 2): 8 at gamma 0.25, fewer
+    # than gamma 1 changes on some samples
+    capped = attacks.jsma(net, x, y, target=t, gamma=0.25)
+    changed_capped = (np.asarray(capped - x).reshape(len(x), -1) > 0).sum(1)
+    assert changed.max() > 8 and np.all(changed_capped <= 8)
     # a sample already at its target is left as it is
     same = attacks.jsma(net, x, y, target=y)
     np.testing.assert_array_equal(np.asarray(same), np.asarray(x))
@@ -204,11 +208,22 @@ def test_fwa_oracle_is_feasible_and_the_attack_moves_mass_within_its_radius():
     moved = _to_image(pi, jnp.asarray(src), x.shape)
     np.testing.assert_allclose(np.asarray(moved.sum((1, 2, 3))), np.asarray(x.sum((1, 2, 3))),
                                rtol=1e-5)
-    # eps 0 leaves the image; a larger radius fools at least as many points
+    # eps 0 leaves the image
     np.testing.assert_allclose(np.asarray(attacks.fwa(net, x, y, eps=0.0, steps=5)),
                                np.asarray(x), atol=1e-5)
-    fooled = [float(np.mean(pred(attacks.fwa(net, x, y, eps=e, steps=30)) != np.asarray(y)))
-              for e in (0.05, 0.5)]
+    # the returned plan gives the image and spends eps times each image's mass (one image
+    # dimmed to a mass below 1, where a budget of plain eps would be larger); a larger radius
+    # fools at least as many points
+    x = x.at[0].multiply(0.02)
+    y, mass = pred(x), np.asarray(x.sum((1, 2, 3)))
+    fooled = []
+    for e in (0.05, 0.5):
+        a, plan = attacks.fwa(net, x, y, eps=e, steps=30, return_plan=True)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(jnp.clip(
+            _to_image(plan, jnp.asarray(src), x.shape), 0.0, 1.0)), atol=1e-6)
+        spent = np.asarray(jnp.sum(plan * cost, axis=(1, 2, 3)))
+        assert np.all(spent <= e * mass * (1 + 1e-3)) and np.all(spent >= 0.95 * e * mass)
+        fooled.append(float(np.mean(pred(a) != y)))
     assert fooled[1] >= fooled[0] and fooled[1] > 0
     with pytest.raises(ValueError, match="kernel"):
         attacks.fwa(net, x, y, eps=0.1, kernel=4)

@@ -52,11 +52,13 @@ def neighbourhood(h: int, w: int, kernel: int):
 
 
 def fwa(logits_fn, x, y, key=None, *, eps: float, steps: int = 300, kernel: int = 5,
-        gamma: float = 1e-3, dual_steps: int = 50, dual_tol: float = 1e-4):
+        gamma: float = 1e-3, dual_steps: int = 50, dual_tol: float = 1e-4,
+        return_plan: bool = False):
     """FWA at Wasserstein radius eps (transport cost per unit of image mass, pixel units);
     defaults are the authors' MNIST test script (300 steps, 5 x 5 neighbourhood, entropy
-    1e-3, 50 dual bisection steps, tolerance 1e-4). Untargeted; returns x_adv in [0, 1].
-    key is unused (deterministic)."""
+    1e-3, 50 dual bisection steps, tolerance 1e-4). Untargeted; returns x_adv in [0, 1], or
+    with return_plan (x_adv, pi): pi the last transport plan [B, C, H*W, k*k], whose costs
+    are `neighbourhood`'s. key is unused (deterministic)."""
     check_images(x, y)
     check_budget(eps, steps=steps)
     if dual_steps < 1 or kernel < 1 or kernel % 2 == 0:
@@ -64,9 +66,10 @@ def fwa(logits_fn, x, y, key=None, *, eps: float, steps: int = 300, kernel: int 
     if not (gamma > 0 and dual_tol > 0):
         raise ValueError(f"gamma and dual_tol must be > 0, got {gamma}, {dual_tol}")
     src, cost = neighbourhood(x.shape[1], x.shape[2], kernel)
-    return _fwa(cpu_kernels.use(logits_fn, "rounding"), x, y, jnp.float32(eps), steps,
-                jnp.asarray(src), jnp.asarray(cost), jnp.float32(gamma), dual_steps,
-                jnp.float32(dual_tol))
+    adv, pi = _fwa(cpu_kernels.use(logits_fn, "rounding"), x, y, jnp.float32(eps), steps,
+                   jnp.asarray(src), jnp.asarray(cost), jnp.float32(gamma), dual_steps,
+                   jnp.float32(dual_tol), return_plan)
+    return (adv, pi) if return_plan else adv
 
 
 def _to_image(pi, src, shape):
@@ -108,8 +111,8 @@ def lmo(g, mass, cost, budget, gamma, dual_steps, dual_tol):
     return recover(lam)
 
 
-@partial(jax.jit, static_argnames=("logits_fn", "steps", "dual_steps"))
-def _fwa(logits_fn, x, y, eps, steps, src, cost, gamma, dual_steps, dual_tol):
+@partial(jax.jit, static_argnames=("logits_fn", "steps", "dual_steps", "return_plan"))
+def _fwa(logits_fn, x, y, eps, steps, src, cost, gamma, dual_steps, dual_tol, return_plan):
     b, h, w, c = x.shape
     k2 = cost.shape[1]
     mass = jnp.moveaxis(x, -1, 1).reshape(b, c, h * w)
@@ -128,4 +131,4 @@ def _fwa(logits_fn, x, y, eps, steps, src, cost, gamma, dual_steps, dual_tol):
         return pi + 2.0 / (t + 2) * (target - pi)
 
     pi = jax.lax.fori_loop(0, steps, body, pi0)
-    return jnp.clip(_to_image(pi, src, x.shape), 0.0, 1.0)
+    return jnp.clip(_to_image(pi, src, x.shape), 0.0, 1.0), (pi if return_plan else None)
