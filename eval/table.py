@@ -21,6 +21,7 @@ only the systems not yet measured (with the same examples, attacks, runs and cod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -29,7 +30,7 @@ import jax
 from jaxdefense import data, files, preemption, robustness, tables
 from jaxdefense.checkpoint import CheckpointError
 from jaxdefense.cli import setup_process
-from jaxdefense.tables import engine
+from jaxdefense.tables import engine, record
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(e.g. n=10000,served_draws=8,lenet_width=0.5)")
     p.add_argument("--batch_size", type=int, default=256, help="attack batch (default: 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", default=None,
+                   help="record root: the measured columns, their progress and the models "
+                        "behind them (default: ROOT/record; 'results' is this repository's "
+                        "committed record)")
 
 
 def parse_args(argv):
@@ -76,6 +81,28 @@ def parse_args(argv):
                    help="the paper's table: " + ", ".join(f"{p} {t}" for p, t in
                                                            sorted(tables.TABLES)))
     add_arguments(p)
+    return p.parse_args(argv)
+
+
+def parse_record_args(argv):
+    """The record's own commands: --replay and --render."""
+    p = argparse.ArgumentParser(prog="python -m eval.table", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--replay", nargs="?", const="results", metavar="ROOT",
+                      help="measure every recorded column's slice again (its first batch, "
+                           "clean and its replay attacks, from its committed models) and "
+                           "compare the per-example outcomes (default root: results)")
+    mode.add_argument("--render", metavar="DIR",
+                      help="print a table record (e.g. results/grfd-table3-mnist) as "
+                           "markdown, with each column's commit and date")
+    p.add_argument("--into", default=None, help="with --render: replace the block between "
+                   "'<!-- record: DIR -->' and '<!-- end record -->' in this file")
+    p.add_argument("--mark_stale", action="store_true",
+                   help="with --replay: mark a column whose replay differs stale (a "
+                        "deliberate change of results) instead of failing")
+    p.add_argument("--data_dir", default=None,
+                   help="with --replay: where the examples are (default: as recorded)")
     return p.parse_args(argv)
 
 
@@ -144,9 +171,15 @@ def run(spec, args) -> int:
                                                     if a.strip()]
         attacks = spec.attacks(args.dataset, max_steps, eot, names)
         check_pgd = check_settings(spec, args.dataset, max_steps, eot)
-        planned = engine.plan(spec, root, args.dataset, args.smoke, overrides, existing,
-                              only, tuple(user), args.examples)
-        workdirs = engine.train(planned)
+        store = record.Record(args.record or os.path.join(root, "record"), spec.paper,
+                              spec.table, args.dataset)
+        plan = lambda given: engine.plan(spec, root, args.dataset, args.smoke,  # noqa: E731
+                                         overrides, given, only, tuple(user), args.examples)
+        planned = plan(existing)
+        committed = committed_models(store, planned, existing)
+        if committed:
+            planned = plan({**existing, **committed})
+        workdirs = keep_models(store, engine.train(planned), spec.source, argv_text(args))
         from jaxdefense.checkpoint import load_config
         std = load_config(workdirs[spec.source])[1]
         ds = data.load(args.dataset, std["eval_split"], std["data_dir"]).take(args.examples)
@@ -155,8 +188,10 @@ def run(spec, args) -> int:
         return 2
     columns = engine.evaluate(spec, workdirs, args.dataset, ds.x, ds.y, attacks,
                               jax.random.key(args.seed), args.batch_size, only=only,
-                              cache_dir=os.path.join(root, "columns"), eval_draws=draws,
-                              run_checks=bool(args.checks), check_pgd=check_pgd)
+                              store=store, crafts_root=os.path.join(root, "columns"),
+                              eval_draws=draws, run_checks=bool(args.checks),
+                              check_pgd=check_pgd,
+                              data={"split": std["eval_split"], "data_dir": std["data_dir"]})
     values = spec.published(args.dataset)
     result = dict(paper=spec.paper, table=spec.table, dataset=args.dataset, examples=len(ds),
                   split=std["eval_split"],
@@ -174,8 +209,196 @@ def run(spec, args) -> int:
     return 0
 
 
+def argv_text(args) -> str:
+    """The command that trained a model, as the record keeps it."""
+    import shlex
+    return "python -m eval.table " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
+
+
+def committed_models(store, planned: dict, existing: dict) -> dict:
+    """run -> the record's compact model for every planned run the record holds, each
+    checked against the run's planned settings (a model of other settings is refused,
+    never silently measured); a run given by --existing must be the same model."""
+    from jaxdefense import checkpoint, config
+    out = {}
+    for run, p in planned.items():
+        path = store.model(run)
+        if not checkpoint.is_compact(path):
+            continue
+        if p.cfg is None:
+            if checkpoint.model_digest(p.workdir) != checkpoint.model_digest(path):
+                raise ValueError(f"--existing {run}:{p.workdir} is not the model the record "
+                                 f"holds in {path}: use another --record, or remove that "
+                                 f"model to measure with yours")
+        else:
+            defense, saved = checkpoint.load_config(path)
+            skip = set(checkpoint.PATH_FIELDS) | set(config.RESUMABLE)
+            want = dataclasses.asdict(p.cfg)
+            diff = {k: f"{saved.get(k)} -> {v}" for k, v in want.items()
+                    if k not in skip and saved.get(k, v) != v}
+            if defense != p.defense or diff:
+                raise ValueError(f"the record's model {path} was trained with other settings "
+                                 f"({defense}, {diff}): use another --record, or remove that "
+                                 f"model (and the columns measured on it) to train again")
+        out[run] = path
+    return out
+
+
+def keep_models(store, workdirs: dict, source: str, command: str) -> dict:
+    """Put every run that is not yet a compact model into the record (`export_model`, the
+    source first so purifiers can point at it); run -> the record's model."""
+    from jaxdefense import checkpoint
+    out = {}
+    for run in [source] + [r for r in workdirs if r != source]:
+        w, path = workdirs[run], store.model(run)
+        if not checkpoint.is_compact(w):
+            here = record.provenance()
+            checkpoint.export_model(
+                w, path, {"trained_by": command, "trained_in": w,
+                          **{k: here[k] for k in ("commit", "date", "machine", "versions")}},
+                target=out.get(source))
+        out[run] = w if checkpoint.is_compact(w) else path
+    return out
+
+
+def replay_all(args) -> int:
+    """--replay: every recorded column's slice measured again; 0 when all agree, 1 naming
+    each difference (table, system, protocol, attack, examples)."""
+    import time
+    import jaxdefense
+    failed = 0
+    stores = record.open_records(args.replay)
+    if not stores:
+        print(f"no table records under {args.replay}")
+        return 0
+    for store in stores:
+        spec = tables.get(store.paper, store.table)
+        for system_name, rec in store.columns().items():
+            where = f"{store.paper} {store.table} on {store.dataset}, {system_name}"
+            if rec.get("stale"):
+                print(f"{where}: stale ({rec['stale']['reason']}), not replayed")
+                continue
+            started = time.time()
+            ident = rec["identity"]
+            workdirs = {r: os.path.normpath(os.path.join(store.dir, p))
+                        for r, p in rec["models"].items()}
+            try:
+                ds = data.load(store.dataset, rec["data"]["split"],
+                               args.data_dir or rec["data"].get("data_dir")).take(ident["count"])
+                system = spec.system(system_name)
+                models = {r: jaxdefense.load(w) for r, w in workdirs.items()}
+            except (CheckpointError, data.DatasetError, ValueError) as e:
+                print(f"FAIL {where}: cannot load what it was measured on: {e}")
+                failed += 1
+                continue
+            problems = []
+            if engine.examples_digest(ds.x, ds.y) != ident["examples"]:
+                problems.append("the examples differ from the recorded ones")
+            for r, w in workdirs.items():
+                if engine._run_stamp(workdirs, r) != ident["runs"][r]:
+                    problems.append(f"model {r} ({w}) differs from the one measured")
+            diffs = []
+            if not problems:
+                paper_m, adaptive_m, threat = engine.system_models(
+                    spec, system, models, store.dataset, ident["eval_draws"])
+                reports = [("paper", paper_m, threat)] + (
+                    [] if paper_m is adaptive_m else [("adaptive", adaptive_m, "whitebox")])
+                diffs = record.replay(reports, ds.x, ds.y, record.key_from(ident["key"]),
+                                      ident["attacks"], rec["replay_attacks"],
+                                      ident["batch_size"], rec["column"]["per_example"])
+                problems = [f"{d['protocol']} {d['attack']}: examples {d['examples']} "
+                            f"differ" for d in diffs]
+            took = time.time() - started
+            if not problems:
+                print(f"ok   {where}: {', '.join(['clean', *rec['replay_attacks']])} on the "
+                      f"first batch agree ({took:.0f} s)")
+                continue
+            if args.mark_stale:
+                here = record.provenance()
+                rec["stale"] = {"reason": f"replay at {here['commit']}: " + "; ".join(problems),
+                                "commit": here["commit"], "date": here["date"]}
+                store.write(system_name, rec)
+                print(f"stale {where}: " + "; ".join(problems))
+                continue
+            failed += 1
+            print(f"FAIL {where}: " + "; ".join(problems))
+    if failed:
+        print(f"{failed} recorded column(s) differ at this code: a deliberate change of "
+              f"results is recorded with --mark_stale (and the columns measured again)")
+    return 1 if failed else 0
+
+
+def render(args) -> int:
+    """--render: a table record as markdown (stdout, or into --into between markers)."""
+    folder = os.path.normpath(args.render)
+    stores = [s for s in record.open_records(os.path.dirname(folder) or ".")
+              if os.path.normpath(s.dir) == folder]
+    if not stores:
+        print(f"error: no table record in {folder}", file=sys.stderr)
+        return 2
+    text = render_record(stores[0], folder)
+    if args.into is None:
+        print(text)
+        return 0
+    start, end = f"<!-- record: {folder} -->", "<!-- end record -->"
+    page = open(args.into).read()
+    if start not in page or end not in page[page.index(start):]:
+        print(f"error: {args.into} has no '{start}' ... '{end}' block to fill",
+              file=sys.stderr)
+        return 2
+    a = page.index(start) + len(start)
+    b = page.index(end, a)
+    files.write_text(args.into, page[:a] + "\n" + text.rstrip("\n") + "\n" + page[b:])
+    print(f"wrote {folder} into {args.into}")
+    return 0
+
+
+def render_record(store, folder: str) -> str:
+    """The table of a record (`engine.markdown`, headings two levels down), each column's
+    provenance under it; stale columns marked."""
+    spec = tables.get(store.paper, store.table)
+    recs = store.columns()
+    order = [s.name for s in spec.systems if s.name in recs]
+    columns = {}
+    for name in order:
+        col = dict(recs[name]["column"])
+        if recs[name].get("stale"):
+            col["label"] = col["label"] + " (STALE)"
+        columns[name] = col
+    first = recs[order[0]]["identity"]
+    attacks = first["attacks"]
+    eot = next((p["eot_samples"] for p in attacks.values() if "eot_samples" in p), None)
+    table = dict(dataset=store.dataset, examples=first["count"], attacks=attacks,
+                 preset=spec.preset(store.dataset) if spec.preset else None,
+                 eot_samples=eot or robustness.EOT_SAMPLES, eval_draws=first["eval_draws"],
+                 columns=columns, paper_values=spec.published(store.dataset))
+    text = engine.markdown(spec, table)
+    text = "\n".join("##" + ln if ln.startswith("#") else ln for ln in text.splitlines())
+    lines = [text.rstrip(), "", f"Rendered from `{folder}` (`python -m eval.table "
+             f"--render={folder}`); each column as recorded:"]
+    for name in order:
+        rec = recs[name]
+        pv = rec["provenance"]
+        line = (f"- {rec['column']['label']}: {rec['identity']['count']} examples, commit "
+                f"{pv['commit']}, {pv['date']}, {pv['machine']}, jax "
+                f"{pv['versions']['jax']}, {rec['wall_s'] / 60:.1f} min")
+        if rec.get("replays"):
+            last = rec["replays"][-1]
+            line += f"; replayed at {last['commit']} ({last['date']})"
+        if rec.get("stale"):
+            line += f"; STALE: {rec['stale']['reason']}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.startswith(("--replay", "--render")) for a in argv):
+        args = parse_record_args(argv)
+        setup_process()
+        return replay_all(args) if args.replay else render(args)
+    args = parse_args(argv)
+    args.argv = list(argv)
     setup_process()
     try:
         spec = tables.get(args.paper, args.table)

@@ -47,7 +47,9 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    args.argv = ["--paper=grfd", "--table=3", *argv]    # as the record names the command
     setup_process()
     return preemption.resumable(table.run, TABLE3, args)
 

@@ -218,3 +218,99 @@ def restore_variables(directory: str, template_state) -> dict:
     structure of `template_state` (a TrainState as its training made it)."""
     state = Checkpoints(directory).restore(template_state)
     return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+# Compact models: what a trained workdir serves, without optimizer state or history.
+VARIABLES_FILE = "variables.msgpack"
+MODEL_FILE = "model.json"
+PATH_FIELDS = ("workdir", "target_workdir", "data_dir")     # where, not what
+
+
+def is_compact(path: str) -> bool:
+    """Whether `path` is a compact model (`export_model`), committed or not."""
+    return os.path.isfile(os.path.join(path, MODEL_FILE))
+
+
+def model_digest(path: str) -> str:
+    """sha256 of a model: its defense, its config without paths (`PATH_FIELDS`) and its
+    served variables (leaf paths, dtypes, shapes and bytes). A compact model is read from
+    its variables file; a training workdir is restored through its defense."""
+    import hashlib
+    defense, config = load_config(path)
+    h = hashlib.sha256(json.dumps([defense, {k: v for k, v in config.items()
+                                             if k not in PATH_FIELDS}],
+                                  sort_keys=True, default=str).encode())
+    for p, leaf in sorted(jax.tree_util.tree_leaves_with_path(served_variables(path)),
+                          key=lambda item: _path(item[0])):
+        leaf = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{_path(p)}:{leaf.dtype}:{leaf.shape}".encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()
+
+
+def served_variables(path: str) -> dict:
+    """The variables a defense's `serve` takes: from a compact model's variables file, or
+    restored from a training workdir's newest checkpoints (through the registry)."""
+    from flax import serialization
+    from jaxdefense.defenses import registry
+    defense, config = load_config(path)
+    if is_compact(path):
+        variables = os.path.join(path, VARIABLES_FILE)
+        if not os.path.isfile(variables):
+            with open(os.path.join(path, MODEL_FILE)) as f:
+                how = json.load(f).get("trained_by", "its training command")
+            raise CheckpointError(f"{path} holds the record of a model whose parameters are "
+                                  f"not in the repository; train it with: {how}")
+        try:
+            with open(variables, "rb") as f:
+                return serialization.msgpack_restore(f.read())
+        except Exception as e:        # msgpack raises several types on a damaged file
+            raise CorruptCheckpointError(f"{variables} is corrupt ({type(e).__name__}: {e})"
+                                         ) from e
+    entry = registry.get(defense)
+    cfg = entry.Config(**config)
+    return entry.restore(path, cfg, entry.build(cfg))
+
+
+def resolved_config(path: str, config: dict) -> dict:
+    """A compact model's config with its `target_workdir` (kept relative to the model's
+    folder, so a clone anywhere serves it) made a path from here."""
+    target = config.get("target_workdir")
+    if is_compact(path) and target and not os.path.isabs(target):
+        return {**config, "target_workdir": os.path.normpath(os.path.join(path, target))}
+    return config
+
+
+def export_model(workdir: str, out: str, about: dict, target: str | None = None) -> str:
+    """Write `workdir`'s served variables as a compact model in `out`: config.json (with
+    `target_workdir` pointing at `target`, the target's compact model, relative to `out`),
+    variables.msgpack (parameters and batch statistics, no optimizer state) and model.json
+    (`about`: how it was trained, its results, and its digest). `jaxdefense.load(out)`
+    serves it. Returns its digest."""
+    from flax import serialization
+    from jaxdefense import files
+    defense, config = load_config(workdir)
+    variables = jax.tree_util.tree_map(np.asarray, served_variables(workdir))
+    config = dict(config, workdir=".")
+    if config.get("target_workdir"):
+        if target is None:
+            raise ValueError(f"{workdir} serves the target in {config['target_workdir']}: "
+                             f"export the target first and name it")
+        config["target_workdir"] = os.path.relpath(target, out)
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, VARIABLES_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(serialization.msgpack_serialize(variables))
+    os.replace(tmp, os.path.join(out, VARIABLES_FILE))
+    save_config(out, defense, config)
+    results = os.path.join(workdir, "results.json")
+    trained = json.load(open(results)) if os.path.isfile(results) else None
+    files.write_json(os.path.join(out, MODEL_FILE),
+                     {"defense": defense, **about, "training_results": trained,
+                      "size_bytes": os.path.getsize(os.path.join(out, VARIABLES_FILE))},
+                     sort_keys=True)
+    digest = model_digest(out)
+    with open(os.path.join(out, MODEL_FILE)) as f:
+        meta = json.load(f)
+    files.write_json(os.path.join(out, MODEL_FILE), {**meta, "digest": digest}, sort_keys=True)
+    return digest

@@ -64,17 +64,23 @@ class DefendedClassifier:
 
 
 def load(workdir: str) -> DefendedClassifier:
-    """Rebuild the model recorded in `workdir/config.json` from its latest checkpoints,
-    through the defense registry (`defenses.registry`: build, restore, serve)."""
+    """Rebuild the model recorded in `workdir/config.json`, through the defense registry
+    (`defenses.registry`: build, restore, serve): from a training workdir's latest
+    checkpoints, or from a compact model (`checkpoint.export_model`, as committed under
+    `results/models/`)."""
+    from jaxdefense.checkpoint import is_compact, resolved_config, served_variables
     from jaxdefense.defenses import registry
     defense, config = load_config(workdir)
     try:
         entry = registry.get(defense)
     except ValueError as e:
         raise CheckpointError(f"{workdir}: {e}") from None
+    config = resolved_config(workdir, config)
     cfg = entry.Config(**config)
     nets = entry.build(cfg)
-    logits_fn, parts = entry.serve(cfg, nets, entry.restore(workdir, cfg, nets))
+    variables = (served_variables(workdir) if is_compact(workdir)
+                 else entry.restore(workdir, cfg, nets))
+    logits_fn, parts = entry.serve(cfg, nets, variables)
     info = dataset_info(cfg.dataset)
     return DefendedClassifier(logits_fn=logits_fn, image_shape=info["shape"],
                               num_classes=info["num_classes"], defense=defense, config=config,

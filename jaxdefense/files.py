@@ -61,27 +61,27 @@ def probe_writable(directory: str) -> None:
                 pass
 
 
-# What a measurement depends on besides its inputs: the code that attacks and serves.
-MEASURING_CODE = ("attacks", "cpu_kernels", "defenses", "models", "robustness.py", "defended.py",
-                  "evaluation.py", "table3.py", "tables")
-
-
 @functools.lru_cache(maxsize=None)
-def code_digest(parts=MEASURING_CODE) -> str:
-    """sha256 of the package version and the source of `parts` (modules and sub-packages of
-    jaxdefense): a cache stamped with it is not reused after the code changed. Read once per
-    process (at first use), so edits made while a long run goes on do not change its
-    stamp; the commands call it before they train."""
+def code_digest() -> str:
+    """sha256 of the package version and every Python source file of the package (models,
+    attacks, defenses, config, data, training, checkpoints: anything that can change a
+    measured result), by path relative to the package. Read once per process (at first
+    use), so edits made while a long run goes on do not change its stamp; the commands
+    call it before they train."""
     import hashlib
     import jaxdefense
     root = os.path.dirname(os.path.abspath(jaxdefense.__file__))
     h = hashlib.sha256(jaxdefense.__version__.encode())
-    for part in parts:
-        path = os.path.join(root, part)
-        paths = [path] if os.path.isfile(path) else sorted(
-            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".py"))
-        for p in paths:
-            h.update(os.path.relpath(p, root).encode())
-            with open(p, "rb") as f:
-                h.update(f.read())
+    for p in code_files():
+        h.update(os.path.relpath(p, root).encode())
+        with open(p, "rb") as f:
+            h.update(f.read())
     return h.hexdigest()
+
+
+def code_files() -> list:
+    """Every .py file of the package, sorted: what `code_digest` covers."""
+    import jaxdefense
+    root = os.path.dirname(os.path.abspath(jaxdefense.__file__))
+    return sorted(os.path.join(d, f) for d, dirs, fs in os.walk(root)
+                  if "__pycache__" not in d for f in fs if f.endswith(".py"))

@@ -162,7 +162,8 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
     `attacked`; also the largest distance seen in `norm` ('Linf' or 'L2'). A stochastic `served` counts a sample
     as correct only if it is right on each of `eval_draws` independent draws.
 
-    cache: a directory where each finished batch is kept (CACHE/<i>.npz) and read back by a
+    cache: a directory where each finished batch is kept (CACHE/<i>.json: per-example
+    outcomes as `bits`, and the largest distance) and read back by a
     later call, so a long attack that was stopped resumes at its first unfinished batch;
     the caller names it after everything the result depends on. With a cache, a SIGTERM /
     SIGINT inside `preemption.stop_requests()` ends the call after the batch in flight
@@ -183,12 +184,11 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
     correct, max_dist = [], 0.0
     for i, (xb, yb, mask) in enumerate(tqdm(padded_batches(x, y, b), total=-(-len(x) // b),
                                             desc=desc, disable=desc is None, leave=False)):
-        done = os.path.join(cache, f"{i}.npz") if cache else None
-        if done and os.path.isfile(done):
-            with np.load(done) as kept:
-                correct.append(kept["correct"])
-                max_dist = max(max_dist, float(kept["max_dist"] if "max_dist" in kept.files
-                                               else kept["max_linf"]))
+        done = os.path.join(cache, f"{i}.json") if cache else None
+        kept = read_batch(done) if done else None
+        if kept is not None:
+            correct.append(kept[0])
+            max_dist = max(max_dist, kept[1])
             continue
         xb, yb = shard_batch((xb, yb))
         kept_adv = os.path.join(crafts, f"{i}.npz") if crafts else None
@@ -205,9 +205,7 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
         dist = float(np.max(to_host(size(x_adv - xb))[mask]))
         max_dist = max(max_dist, dist)
         if done:
-            os.makedirs(cache, exist_ok=True)
-            np.savez(done + ".tmp.npz", correct=correct[-1], max_dist=dist)
-            os.replace(done + ".tmp.npz", done)
+            files.write_json(done, {"correct": bits(correct[-1]), "max_dist": dist})
             why = preemption.requested()
             if why and (i + 1) * b < len(x):
                 raise preemption.Preempted(
@@ -215,6 +213,34 @@ def correct_under(served, stochastic: bool, attacked, craft, x, y, key, batch_si
                     f"{' of ' + desc if desc else ''}; finished batches are kept in {cache}. "
                     f"Run the same command to resume")
     return np.concatenate(correct), max_dist
+
+
+def bits(ok) -> str:
+    """Per-example outcomes as text, '1' right / '0' wrong, in example order."""
+    return "".join("1" if v else "0" for v in np.asarray(ok, bool))
+
+
+def from_bits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), np.uint8) == ord("1")
+
+
+def read_batch(path: str):
+    """(correct [B] bool, largest distance) of a finished batch file, or None when there is
+    none; a damaged file (a stop mid-write on a filesystem without atomic rename) is moved
+    aside with a warning and the batch is measured again."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            kept = json.load(f)
+        return from_bits(kept["correct"]), float(kept["max_dist"])
+    except (ValueError, KeyError, TypeError) as e:
+        import warnings
+        aside = f"{path}.corrupt"
+        os.replace(path, aside)
+        warnings.warn(f"{path} is damaged ({e}); moved it to {aside}, measuring the batch "
+                      f"again", stacklevel=2)
+        return None
 
 
 def _attacked(models: Models, threat: str):

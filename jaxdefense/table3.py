@@ -57,19 +57,23 @@ def column_checks(models, x, y, key, pgd, whitebox, paper, num_classes, batch_si
 
 
 def _fingerprint(column, workdirs, x, y, attacks, key, batch_size, eval_draws=EVAL_DRAWS,
-                 checks=True) -> str:
-    return engine.fingerprint(TABLE3, column, workdirs, x, y, attacks, key, batch_size,
-                              eval_draws, checks)
+                 checks=True, dataset: str = "mnist") -> str:
+    from jaxdefense.tables import record
+    return record.stamp(engine.identity(TABLE3, column, workdirs, dataset, x, y, attacks, key,
+                                        batch_size, eval_draws, checks))
 
 
 def evaluate(workdirs: dict, dataset: str, x, y, attacks: dict, key, batch_size: int = 256,
              progress: bool = True, only=None, cache_dir=None, eval_draws: int = EVAL_DRAWS,
              checks: bool = True, check_pgd=None) -> dict:
-    """`engine.evaluate` on GRFD's Table 3; the checks' PGD defaults to the table's PGD."""
+    """`engine.evaluate` on GRFD's Table 3 (a record and crafts under `cache_dir`); the
+    checks' PGD defaults to the table's PGD."""
+    from jaxdefense.tables import record
     pgd = check_pgd or attacks.get("pgd") or attacks_for(
         dataset, None, next(iter(attacks.values())).get("eot_samples"), ["pgd"])["pgd"]
+    store = None if cache_dir is None else record.Record(cache_dir, "grfd", "3", dataset)
     return engine.evaluate(TABLE3, workdirs, dataset, x, y, attacks, key, batch_size,
-                           progress, only, cache_dir, eval_draws, checks, pgd)
+                           progress, only, store, cache_dir, eval_draws, checks, pgd)
 
 
 def differences(columns: dict, values: dict, shown_avg: bool = True) -> dict:

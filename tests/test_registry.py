@@ -90,6 +90,27 @@ def check_round_trip(name: str, cfg) -> None:
     assert "classifier" in parts
     with open(os.path.join(cfg.workdir, "results.json")) as f:
         assert json.load(f)          # the run wrote its report
+    check_compact(cfg.workdir, test.x, logits)
+
+
+def check_compact(workdir: str, x, logits) -> None:
+    """The run as a compact model (`checkpoint.export_model`, as the record commits it):
+    the same digest, served by `jaxdefense.load` with the same logits, no optimizer state;
+    without its parameters, loading names the command that trains it."""
+    from jaxdefense import checkpoint
+    compact = workdir + "-compact"
+    digest = checkpoint.export_model(workdir, compact, {"trained_by": "python -m train.x"})
+    assert digest == checkpoint.model_digest(workdir) == checkpoint.model_digest(compact)
+    model = jaxdefense.load(compact)
+    np.testing.assert_allclose(np.asarray(model(x)), logits, rtol=1e-6, atol=1e-6)
+    paths = lambda tree: sorted(checkpoint._path(p) for p, _ in    # noqa: E731
+                                jax.tree_util.tree_leaves_with_path(tree))
+    kept = paths(checkpoint.served_variables(compact))
+    assert kept == paths(checkpoint.served_variables(workdir))      # what serve takes, only
+    assert not any("opt_state" in p or "mu" in p.split("/") for p in kept)
+    os.remove(os.path.join(compact, checkpoint.VARIABLES_FILE))
+    with pytest.raises(checkpoint.CheckpointError, match="python -m train.x"):
+        jaxdefense.load(compact)
 
 
 def test_attack_examples_zero_skips_the_closing_attacks(tmp_path):

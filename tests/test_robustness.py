@@ -71,8 +71,8 @@ def test_a_stopped_report_resumes_from_its_finished_batches(tmp_path):
     full = robustness.report(models, x, y, jax.random.key(0), attacks, ("whitebox", "transfer"),
                              batch_size=16, progress=False, cache=cache)
     assert sorted(p.name for p in (tmp_path / "cache" / "whitebox-pgd").iterdir()) == \
-        ["0.npz", "1.npz", "2.npz"]
-    (tmp_path / "cache" / "transfer-pgd" / "2.npz").unlink()        # stopped in its last batch
+        ["0.json", "1.json", "2.json"]
+    (tmp_path / "cache" / "transfer-pgd" / "2.json").unlink()        # stopped in its last batch
     calls = []
 
     def counting_source(xb):
@@ -83,7 +83,7 @@ def test_a_stopped_report_resumes_from_its_finished_batches(tmp_path):
                               batch_size=16, progress=False, cache=cache)
     assert again == full
     assert calls                        # the missing batch was attacked again
-    assert (tmp_path / "cache" / "transfer-pgd" / "2.npz").is_file()
+    assert (tmp_path / "cache" / "transfer-pgd" / "2.json").is_file()
 
 
 def test_crafted_batches_are_kept_and_reused_by_another_served_model(tmp_path):

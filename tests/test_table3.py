@@ -317,7 +317,7 @@ def test_a_column_is_measured_again_only_when_what_it_depends_on_changed(tmp_pat
     assert stamp() != base
     retrained = stamp()
     monkeypatch.setattr(files, "code_digest", lambda *a: "other code")       # code changed
-    assert stamp() != retrained
+    assert stamp() == retrained      # provenance: the record replays its slice instead
     monkeypatch.undo()
     assert len(files.code_digest()) == 64 and files.code_digest() == files.code_digest()
 
@@ -376,8 +376,53 @@ def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
               and "table3." not in p.name}
     out = _run_table3(args + ["--columns=none"], timeout=600)
     assert "== training" not in out and "== attacking" not in out
-    assert f"== None: measured earlier ({root / 'columns' / 'none.json'})" in out
+    kept = root / "record" / "grfd-table3-digits"
+    assert f"== None: measured earlier ({kept / 'none.json'})" in out
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    check_the_record(tmp_path, root / "record")
+
+
+def _table(args):
+    return subprocess.run([sys.executable, "-m", "eval.table", *args], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, env=run_env(1))
+
+
+def check_the_record(tmp_path, record):
+    """The record a table run leaves: every run as a compact model, every column with its
+    provenance; copied alone elsewhere (two columns and their models), its replay agrees;
+    a recorded outcome this code does not give fails the replay, named; --mark_stale marks
+    the column and the rendered table shows it marked."""
+    import shutil
+    models = record / "models" / "grfd-digits"
+    assert sorted(p.name for p in models.iterdir()) == sorted(table3.RUNS)
+    for run in models.iterdir():
+        about = json.loads((run / "model.json").read_text())
+        assert about["trained_by"].startswith("python -m eval.table --paper=grfd --table=3 ")
+        assert len(about["digest"]) == 64 and "opt_state" not in (run / "config.json").read_text()
+    clone = tmp_path / "clone" / "results"
+    shutil.copytree(models.parent, clone / "models")
+    (clone / "grfd-table3-digits").mkdir()
+    for c in ("none", "grfd"):
+        shutil.copy(record / "grfd-table3-digits" / f"{c}.json", clone / "grfd-table3-digits")
+    proc = _table([f"--replay={clone}"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("ok   grfd 3 on digits") == 2
+    rec_path = clone / "grfd-table3-digits" / "grfd.json"
+    rec = json.loads(rec_path.read_text())
+    assert rec["provenance"]["commit"] and rec["wall_s"] > 0 and rec["replay_attacks"] == [
+        "fgsm", "pgd"]
+    bits = rec["column"]["per_example"]["adaptive"]["whitebox/pgd"]
+    rec["column"]["per_example"]["adaptive"]["whitebox/pgd"] = \
+        bits[:3] + ("0" if bits[3] == "1" else "1") + bits[4:]
+    rec_path.write_text(json.dumps(rec))
+    proc = _table([f"--replay={clone}"])
+    assert proc.returncode == 1
+    assert "FAIL grfd 3 on digits, grfd: adaptive pgd: examples [3] differ" in proc.stdout
+    assert _table([f"--replay={clone}", "--mark_stale"]).returncode == 0
+    assert json.loads(rec_path.read_text())["stale"]["reason"].startswith("replay at ")
+    proc = _table([f"--render={clone / 'grfd-table3-digits'}"])
+    assert proc.returncode == 0 and "GRFD (STALE)" in proc.stdout
+    assert "| None | GRFD (STALE) |" in proc.stdout and "STALE: replay at" in proc.stdout
 
 
 @pytest.mark.slow

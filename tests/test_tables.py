@@ -186,9 +186,10 @@ def test_the_plan_builds_every_arn_run_with_its_seen_attacks(tmp_path):
 
 
 def test_a_stopped_system_resumes_from_its_finished_batches(tmp_path, monkeypatch):
-    """The engine gives each protocol's report a batch cache named after the system's
-    fingerprint (so a stopped measurement resumes at its first unfinished batch) and drops it
-    once the system's result is written."""
+    """The engine gives each protocol's report a batch cache in the record's progress folder,
+    named after the system's stamp (so a stopped measurement resumes at its first unfinished
+    batch), and drops it once the system's record is written."""
+    from jaxdefense.tables import record
     import jaxdefense
     spec = tables.get("arn", "4")
     purify = lambda x: x                                       # noqa: E731
@@ -213,16 +214,17 @@ def test_a_stopped_system_resumes_from_its_finished_batches(tmp_path, monkeypatc
     monkeypatch.setattr(robustness, "report", fake_report)
     x = jnp.zeros((4, 4, 4, 1))
     y = jnp.zeros((4,), jnp.int32)
+    store = record.Record(str(tmp_path / "c"), "arn", "4", "mnist")
     out = engine.evaluate(spec, workdirs, "mnist", x, y, spec.attacks("mnist", 2, 2),
-                          jax.random.key(0), only={"arn_pp"}, cache_dir=str(tmp_path / "c"),
+                          jax.random.key(0), only={"arn_pp"}, store=store,
                           run_checks=False, progress=False)
     assert out["arn_pp"]["status"] == "measured"
     assert [os.path.basename(p) for p in seen] == ["paper", "adaptive"]
     parent = os.path.dirname(seen[0])
-    assert os.path.dirname(parent) == str(tmp_path / "c" / "batches")
+    assert os.path.dirname(parent) == os.path.join(store.dir, "progress")
     assert os.path.basename(parent).startswith("arn_pp-")
     assert not os.path.exists(parent)                 # dropped once the result is written
-    assert (tmp_path / "c" / "arn_pp.json").exists()
+    assert store.read("arn_pp")["column"]["paper"] == out["arn_pp"]["paper"]
 
 
 def test_grfd_experiments_plan_one_run_per_setting_and_share_the_papers_run(tmp_path):
@@ -287,11 +289,16 @@ def test_systems_attacking_one_model_craft_once(tmp_path, monkeypatch):
     y = jnp.argmax(_net(x), 1)
     attacks = spec.attacks("mnist", 2, 2)
 
+    from jaxdefense.tables import record
+
     def measure(only, cache):
         calls.clear()
         return engine.evaluate(spec, workdirs, "mnist", x, y, attacks, jax.random.key(0),
-                               batch_size=4, only=only, cache_dir=str(tmp_path / cache),
+                               batch_size=4, only=only,
+                               store=record.Record(str(tmp_path / cache), "arn", "1", "mnist"),
+                               crafts_root=str(tmp_path / cache),
                                run_checks=False, progress=False)
+    col = lambda cache, s: tmp_path / cache / "arn-table1-mnist" / f"{s}.json"  # noqa: E731
     out = measure({"none", "apegan_pp", "hgd_pp"}, "c")
     batches = 2 * len(attacks)
     on_target = [f for f in calls if f is _net]
@@ -299,15 +306,15 @@ def test_systems_attacking_one_model_craft_once(tmp_path, monkeypatch):
     assert len(calls) == 3 * batches                 # + each purifier's adaptive run
     measure({"apegan_pp", "hgd_pp"}, "c2")           # another cache: crafted anew, once
     assert len([f for f in calls if f is _net]) == batches
-    (tmp_path / "c" / "apegan_pp.json").unlink()
-    (tmp_path / "c" / "hgd_pp.json").unlink()
+    col("c", "apegan_pp").unlink()
+    col("c", "hgd_pp").unlink()
     again = measure({"apegan_pp", "hgd_pp"}, "c")    # same root: nothing crafted again
     assert calls == []
     for s in ("apegan_pp", "hgd_pp"):
         assert again[s]["paper"] == out[s]["paper"]
         assert again[s]["adaptive"] == out[s]["adaptive"]
     (runs / "none" / "results.json").write_text('{"run": "none", "retrained": 1}')
-    (tmp_path / "c" / "apegan_pp.json").unlink()
+    col("c", "apegan_pp").unlink()
     measure({"apegan_pp"}, "c")
     assert len([f for f in calls if f is _net]) == batches
 
@@ -328,3 +335,148 @@ def test_the_crafts_directory_names_what_the_examples_depend_on(tmp_path):
                 where(key=1), where(batch=128), where(ex="f")}) == 6
     (tmp_path / "none" / "results.json").write_text('{"clean": 0.98}')     # retrained
     assert where() != same
+
+
+def _fake_runs(tmp_path, names):
+    runs = tmp_path / "runs"
+    for name in names:
+        os.makedirs(runs / name, exist_ok=True)
+        (runs / name / "results.json").write_text(f'{{"run": "{name}"}}')
+    return {n: str(runs / n) for n in names}
+
+
+def test_tables_and_protocols_never_share_a_record(tmp_path):
+    """ARN's APE-GAN row is target-only in Table 1 and white-box in Table 3: with the same
+    attack subset, the same models and examples, their stamps and record files differ."""
+    from jaxdefense.tables import record
+    t1, t3 = tables.get("arn", "1"), tables.get("arn", "3")
+    workdirs = _fake_runs(tmp_path, ["none", "apegan_pp"])
+    x, y, key = np.zeros((4, 4, 4, 1), np.float32), np.arange(4), jax.random.key(0)
+    a1 = t1.attacks("mnist", 2, 2, ["pgd_t"])
+    assert a1 == t3.attacks("mnist", 2, 2, ["pgd_t"])
+    ids = [engine.identity(t, t.system("apegan_pp"), workdirs, "mnist", x, y, a1, key, 4)
+           for t in (t1, t3)]
+    assert ids[0]["protocol"] != ids[1]["protocol"]
+    assert record.stamp(ids[0]) != record.stamp(ids[1])
+    paths = {record.Record("r", t.paper, t.table, "mnist").path("apegan_pp") for t in (t1, t3)}
+    assert len(paths) == 2
+
+
+def _record_setup(tmp_path, monkeypatch):
+    """ARN Table 4's arn_pp row on fake models, real PGD: (measure(store, only), calls)."""
+    import jaxdefense
+    from jaxdefense.tables import record
+    spec = tables.get("arn", "4")
+    purify = lambda x: jnp.round(x * 4) / 4                   # noqa: E731
+    models = {"none": _Model(_net, {"classifier": _net}, defense="standard"),
+              "arn_pp": _Model(lambda x: _net(purify(x)), {"purify": purify, "classifier": _net})}
+    monkeypatch.setattr(jaxdefense, "load", lambda w: models[os.path.basename(w)])
+    workdirs = _fake_runs(tmp_path, models)
+    x = jax.random.uniform(jax.random.key(4), (10, 4, 4, 1))
+    y = jnp.argmax(_net(x), 1)
+    attacks = spec.attacks("mnist", 3, 2, ["pgd40"])
+    calls = []
+    real = robustness.craft_fn
+
+    def counting(name, params, stochastic):
+        inner = real(name, params, stochastic)
+
+        def craft(f, xb, yb, k, **kw):
+            calls.append(name)
+            return inner(f, xb, yb, k, **kw)
+        return craft
+    monkeypatch.setattr(robustness, "craft_fn", counting)
+
+    def measure(root, only=("arn_pp",)):
+        return engine.evaluate(spec, workdirs, "mnist", x, y, attacks, jax.random.key(0),
+                               batch_size=4, only=set(only), progress=False,
+                               store=record.Record(str(root), "arn", "4", "mnist"),
+                               run_checks=False)
+    return measure, calls, spec
+
+
+def test_a_stopped_column_resumes_on_a_fresh_copy_of_its_record(tmp_path, monkeypatch):
+    """Stopped after two batches, only the record copied to another folder (no crafts, no
+    runs' caches): the same call there resumes at the first unfinished batch and ends with
+    the per-example outcomes of an uninterrupted run."""
+    import shutil
+    from jaxdefense import preemption
+    measure, calls, _ = _record_setup(tmp_path, monkeypatch)
+    whole = measure(tmp_path / "whole")["arn_pp"]
+    uninterrupted = len(calls)
+    asked = []
+    monkeypatch.setattr(preemption, "requested",
+                        lambda: asked.append(1) or ("SIGTERM" if len(asked) == 5 else None))
+    calls.clear()
+    with pytest.raises(preemption.Preempted):
+        measure(tmp_path / "a" / "results")
+    before = len(calls)
+    assert 0 < before < uninterrupted
+    shutil.copytree(tmp_path / "a" / "results", tmp_path / "clone" / "results")
+    shutil.rmtree(tmp_path / "a")
+    calls.clear()
+    again = measure(tmp_path / "clone" / "results")["arn_pp"]
+    assert len(calls) == uninterrupted - before      # nothing finished is attacked again
+    assert again["per_example"] == whole["per_example"]
+    assert again["paper"] == whole["paper"] and again["adaptive"] == whole["adaptive"]
+
+
+def test_a_record_of_other_code_is_reused_only_after_its_replay_agrees(tmp_path, monkeypatch,
+                                                                       recwarn):
+    from jaxdefense import files
+    from jaxdefense.tables import record
+    measure, calls, spec = _record_setup(tmp_path, monkeypatch)
+    root = tmp_path / "results"
+    first = measure(root)["arn_pp"]
+    store = record.Record(str(root), "arn", "4", "mnist")
+    rec = store.read("arn_pp")
+    assert rec["column"]["per_example"] == first["per_example"] and rec["wall_s"] >= 0
+    assert rec["provenance"]["code"] == files.code_digest() and rec["replay_attacks"]
+    calls.clear()
+    assert measure(root)["arn_pp"]["per_example"] == first["per_example"]
+    assert calls == []                                    # same code: taken as it is
+    monkeypatch.setattr(files, "code_digest", lambda: "other code")
+    assert measure(root)["arn_pp"]["per_example"] == first["per_example"]
+    assert set(calls) <= set(rec["replay_attacks"]) and calls   # the replay slice only
+    replays = store.read("arn_pp")["replays"]
+    assert [r["code"] for r in replays] == ["other code"]
+    calls.clear()
+    measure(root)
+    assert calls == []                                    # the replayed code is accepted
+    # a record whose outcomes this code does not reproduce: stale, then measured again
+    rec = store.read("arn_pp")
+    flipped = rec["column"]["per_example"]["paper"]
+    flipped["clean"] = ("0" if flipped["clean"][0] == "1" else "1") + flipped["clean"][1:]
+    rec["replays"] = []
+    store.write("arn_pp", rec)
+    monkeypatch.setattr(files, "code_digest", lambda: "third code")
+    calls.clear()
+    again = measure(root)["arn_pp"]
+    assert again["per_example"] == first["per_example"]
+    assert len(calls) > len(rec["replay_attacks"])        # measured again
+    fresh = store.read("arn_pp")
+    assert fresh["stale"] is None and fresh["provenance"]["code"] == "third code"
+    # a damaged record is moved aside with a warning and measured again
+    with open(store.path("arn_pp"), "w") as f:
+        f.write('{"format": 1, "colu')
+    calls.clear()
+    measure(root)
+    assert calls and any("damaged" in str(w.message) for w in recwarn)
+    assert any(n.startswith("arn_pp.json.corrupt") for n in os.listdir(store.dir))
+
+
+def test_a_record_of_other_settings_is_never_reused_and_nothing_is_lost(tmp_path, monkeypatch):
+    from jaxdefense.tables import record
+    measure, calls, spec = _record_setup(tmp_path, monkeypatch)
+    root = tmp_path / "results"
+    measure(root)
+    store = record.Record(str(root), "arn", "4", "mnist")
+    old = store.read("arn_pp")
+    (tmp_path / "runs" / "arn_pp" / "results.json").write_text('{"retrained": 1}')
+    calls.clear()
+    measure(root)
+    assert calls                                          # another model: measured again
+    new = store.read("arn_pp")
+    assert new["stamp"] != old["stamp"]
+    kept = os.listdir(os.path.join(store.dir, "superseded"))
+    assert kept == [f"arn_pp-{old['stamp'][:16]}.json"]

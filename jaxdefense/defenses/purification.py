@@ -97,7 +97,10 @@ def target_dir(cfg: PurificationConfig) -> str:
 
 def restore_target(cfg: PurificationConfig):
     """(model, variables) of the trained target."""
+    from jaxdefense.checkpoint import is_compact, served_variables
     tcfg = target_config(cfg)
+    if cfg.target_workdir and is_compact(cfg.target_workdir):    # a committed model
+        return config.make_classifier(tcfg), served_variables(cfg.target_workdir)
     return config.make_classifier(tcfg), restore_variables(
         target_dir(cfg), standard.init_state(tcfg, jax.random.key(0), 1))
 

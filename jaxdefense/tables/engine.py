@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from jaxdefense import files, plots, robustness
+from jaxdefense.tables import record
 from jaxdefense.tables.spec import PROTOCOLS, Spec, System
 
 EVAL_DRAWS = 4      # randomized systems: right on every one of this many draws (smoke: 2)
@@ -142,7 +143,7 @@ def plan(spec: Spec, root: str, dataset: str, smoke: bool, overrides: dict, exis
            else checkpoint.load_config(source.workdir)[1])
     for name, p in out.items():
         saved = dataclasses.asdict(p.cfg) if p.cfg is not None else \
-            checkpoint.load_config(p.workdir)[1]
+            checkpoint.resolved_config(p.workdir, checkpoint.load_config(p.workdir)[1])
         if p.cfg is None and "target_workdir" in saved:
             target = saved.get("target_workdir")
             if not target or os.path.realpath(target) != source_dir:
@@ -240,11 +241,25 @@ def _with_avg(spec: Spec, result: dict) -> dict:
 
 
 def _run_stamp(workdirs: dict, run: str) -> str:
-    """A finished run's identity: the digest of its results.json (rewritten by any
-    retraining), else its workdir's absolute path."""
-    path = os.path.join(workdirs[run], "results.json")
+    """A run's identity: its model's digest (`checkpoint.model_digest`: config and served
+    variables) where it holds a model, else the digest of its results.json, else its
+    workdir's absolute path."""
+    w = workdirs[run]
+    if os.path.isfile(os.path.join(w, "config.json")):
+        made = [os.path.join(w, f) for f in ("model.json", "results.json")
+                if os.path.isfile(os.path.join(w, f))]
+        return _model_digest(os.path.abspath(w), max((os.stat(f).st_mtime_ns for f in made),
+                                                     default=0))
+    path = os.path.join(w, "results.json")
     return hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.isfile(path) \
-        else os.path.abspath(workdirs[run])
+        else os.path.abspath(w)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_digest(path: str, made: int) -> str:
+    """`checkpoint.model_digest`, once per model and version (`made`: its files' time)."""
+    from jaxdefense import checkpoint
+    return checkpoint.model_digest(path)
 
 
 def examples_digest(x, y) -> str:
@@ -254,19 +269,22 @@ def examples_digest(x, y) -> str:
     return h.hexdigest()
 
 
-def fingerprint(spec: Spec, system: System, workdirs: dict, x, y, attacks: dict, key,
-                batch_size: int, eval_draws: int = EVAL_DRAWS, checks=True) -> str:
-    """What a system's measurement depends on: the examples, the attacks, the key, the batch,
-    the evaluation draws, the checks (False, or their PGD settings), the finished runs it
-    loads (`_run_stamp`, keyed by run name) and the measuring code (`files.code_digest`: the
-    package version and the attack, defense and model source)."""
+def identity(spec: Spec, system: System, workdirs: dict, dataset: str, x, y, attacks: dict,
+             key, batch_size: int, eval_draws: int = EVAL_DRAWS, checks=True) -> dict:
+    """What a system's measurement is, the code aside: the paper, table and dataset, the
+    system (its run, protocol and preprocessing), every attack setting, the key, the
+    batch, the evaluation draws, the checks (False, or their PGD settings), the examples
+    and the models it loads (`_run_stamp`, keyed by run name). Its digest
+    (`record.stamp`) names the system's record; the code that measured it is provenance
+    (`record`)."""
     runs = {d: _run_stamp(workdirs, d)
             for d in sorted({r for r in (system.run, spec.source, system.crafted_on) if r})}
-    stamp = json.dumps(dict(column=system.name, attacks=attacks, batch_size=batch_size,
-                            key=np.asarray(jax.random.key_data(key)).tolist(), runs=runs,
-                            eval_draws=eval_draws, checks=checks, code=files.code_digest(),
-                            examples=examples_digest(x, y)), sort_keys=True)
-    return hashlib.sha256(stamp.encode()).hexdigest()
+    return json.loads(json.dumps(dict(
+        paper=spec.paper, table=spec.table, dataset=dataset, system=system.name,
+        run=system.run, protocol=system.paper, preprocess=system.preprocess, runs=runs,
+        attacks=attacks, batch_size=batch_size, key=record.key_data(key),
+        eval_draws=eval_draws, checks=checks, examples=examples_digest(x, y),
+        count=int(len(x))), sort_keys=True, default=str))
 
 
 def _served_id(models: dict, run: str) -> tuple:
@@ -320,10 +338,6 @@ def crafts_dir(cache_dir: str, attacked: tuple, workdirs: dict, name: str, param
                             examples=examples, code=files.code_digest()),
                        sort_keys=True, default=str)
     return os.path.join(cache_dir, "crafts", hashlib.sha256(stamp.encode()).hexdigest()[:24])
-
-
-def _bits(a) -> str:
-    return "".join("1" if v else "0" for v in np.asarray(a, bool))
 
 
 def combine(spec: Spec, paper: dict, adaptive: dict) -> dict:
@@ -386,89 +400,217 @@ def checks(spec: Spec, models, x, y, key, pgd: dict, whitebox: dict, paper: dict
 
 def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
              batch_size: int = 256, progress: bool = True, only=None,
-             cache_dir: Optional[str] = None, eval_draws: int = EVAL_DRAWS,
-             run_checks: bool = True, check_pgd: Optional[dict] = None) -> dict:
+             store: Optional[record.Record] = None, crafts_root: Optional[str] = None,
+             eval_draws: int = EVAL_DRAWS, run_checks: bool = True,
+             check_pgd: Optional[dict] = None, data: Optional[dict] = None) -> dict:
     """Per system: status, paper-protocol and adaptive rows {clean, attacks..., avg,
     worst_case} (`combine`), the white-box runs alone ('whitebox_only'), the sanity checks
     (`checks` with the PGD settings `check_pgd`, with `run_checks`) and the per-example
     results ('per_example', '0'/'1' per example). The adaptive run is skipped where it is
-    the paper's (same attack). With `cache_dir`, each finished system is written to
-    cache_dir/<system>.json and taken from there by a later call with the same examples,
-    attacks, key, draws, runs and code, so a table that stopped part-way resumes at the
-    first unfinished system; within a system, each finished attack batch is kept under
-    cache_dir/batches/ (named after the same fingerprint) until the system is done, so the
-    unfinished system resumes at its first unfinished batch. Every system is attacked on
-    `key`, and the crafted examples are kept under cache_dir/crafts/ (`crafts_dir`, named
+    the paper's (same attack).
+
+    store: the table's record (`record.Record`). Each finished system is written there
+    (`column_record`) and taken from there by a later call with the same identity
+    (`identity`); a record measured by other code first replays its slice
+    (`record.replay`) and is measured again when that differs (marked stale meanwhile).
+    Within a system, each finished attack batch is kept in the record's progress folder
+    until the system is done, so a stopped system resumes at its first unfinished batch,
+    on this machine or on any clone the progress was committed to. data: how to load the
+    examples again ({'split', 'data_dir'}), kept in the record for the replay.
+    crafts_root: crafted examples are kept under crafts_root/crafts/ (`crafts_dir`, named
     after what they were crafted on, `attacked_ids`): systems that attack the same model
     with the same attack craft once (the transfer columns on the source model, the
-    purifiers on their common target), in this table and in any other under the same root."""
+    purifiers on their common target), in this table and in any other under the same
+    root."""
+    import time
     import jaxdefense
     models = {d: jaxdefense.load(w) for d, w in workdirs.items()}
     num_classes = models[spec.source].num_classes
     examples = examples_digest(x, y)
+    checks_setting = check_pgd if run_checks else False
     out = {}
     for system in spec.systems:
         if only is not None and system.name not in only:
             continue
         k = key        # every system on the same key: equal attacks on one model agree
-        cached = batches = crafts = None
-        if cache_dir is not None:
-            cached = os.path.join(cache_dir, f"{system.name}.json")
-            stamp = fingerprint(spec, system, workdirs, x, y, attacks, k, batch_size,
-                                eval_draws, check_pgd if run_checks else False)
-            if os.path.isfile(cached):
-                with open(cached) as f:
-                    earlier = json.load(f)
-                if earlier.get("fingerprint") == stamp:
-                    if progress:
-                        print(f"== {system.label}: measured earlier ({cached})", flush=True)
-                    out[system.name] = earlier["column"]
-                    continue
-            # finished attack batches of this measurement: a stopped one resumes there
-            batches = os.path.join(cache_dir, "batches", f"{system.name}-{stamp[:16]}")
+        paper_m, adaptive_m, threat = system_models(spec, system, models, dataset, eval_draws)
+        reports = [("paper", paper_m, threat)] + (
+            [] if paper_m is adaptive_m else [("adaptive", adaptive_m, "whitebox")])
+        batches = crafts = None
+        if store is not None:
+            ident = identity(spec, system, workdirs, dataset, x, y, attacks, k, batch_size,
+                             eval_draws, checks_setting)
+            column_stamp = record.stamp(ident)
+            kept = _reusable(store, system, ident, column_stamp, reports, x, y, k, attacks,
+                             batch_size, progress)
+            if kept is not None:
+                out[system.name] = kept
+                continue
+            batches = store.progress(system.name, column_stamp)
+            _check_progress(batches, system, reports, x, y, k, attacks, batch_size, progress)
+        if crafts_root is not None:
             ids = dict(zip(("paper", "adaptive"),
                            attacked_ids(spec, system, models, workdirs, dataset)))
             crafts = (lambda protocol: lambda threat, name, params, ka: crafts_dir(
-                cache_dir, ids[protocol], workdirs, name, params, ka, batch_size, examples))
+                crafts_root, ids[protocol], workdirs, name, params, ka, batch_size, examples))
         protocol = PROTOCOLS[system.protocol] + (
             f" ({system.crafted_on})" if system.crafted_on else "")
         entry = {"label": system.label, "paper_protocol": protocol}
-        paper_m, adaptive_m, threat = system_models(spec, system, models, dataset, eval_draws)
         if progress:
             print(f"== attacking {system.label}", flush=True)
         sub = (lambda p: os.path.join(batches, p)) if batches else (lambda p: None)
-        paper = robustness.report(paper_m, x, y, k, attacks, (threat,), batch_size, progress,
-                                  cache=sub("paper"), per_example=True,
-                                  crafts=crafts and crafts("paper"))
-        paper_row = {"clean": paper["clean"], **_with_avg(spec, paper[threat])}
-        if paper_m is adaptive_m:
-            adaptive = paper
-            wb_row = paper_row
-        else:
-            adaptive = robustness.report(adaptive_m, x, y, k, attacks, ("whitebox",),
-                                         batch_size, progress, cache=sub("adaptive"),
-                                         per_example=True, crafts=crafts and crafts("adaptive"))
-            wb_row = {"clean": adaptive["clean"], **_with_avg(spec, adaptive["whitebox"])}
-        rows = {"paper": paper_row, "adaptive": combine(spec, paper, adaptive),
-                "whitebox_only": wb_row,
-                "per_example": {p: {k2: _bits(v) for k2, v in r["per_example"].items()}
-                                for p, r in (("paper", paper), ("adaptive", adaptive))}}
-        if run_checks and check_pgd is not None:
-            if progress:
-                print(f"== checking {system.label}", flush=True)
-            rows["checks"] = checks(spec, adaptive_m, x, y,
-                                    jax.random.fold_in(k, CHECKS_STREAM), check_pgd, wb_row,
-                                    paper_row, num_classes, batch_size)
+        started = time.time()
+        try:
+            paper = robustness.report(paper_m, x, y, k, attacks, (threat,), batch_size,
+                                      progress, cache=sub("paper"), per_example=True,
+                                      crafts=crafts and crafts("paper"))
+            paper_row = {"clean": paper["clean"], **_with_avg(spec, paper[threat])}
+            if paper_m is adaptive_m:
+                adaptive = paper
+                wb_row = paper_row
+            else:
+                adaptive = robustness.report(adaptive_m, x, y, k, attacks, ("whitebox",),
+                                             batch_size, progress, cache=sub("adaptive"),
+                                             per_example=True,
+                                             crafts=crafts and crafts("adaptive"))
+                wb_row = {"clean": adaptive["clean"], **_with_avg(spec, adaptive["whitebox"])}
+            rows = {"paper": paper_row, "adaptive": combine(spec, paper, adaptive),
+                    "whitebox_only": wb_row,
+                    "per_example": {p: {k2: robustness.bits(v)
+                                        for k2, v in r["per_example"].items()}
+                                    for p, r in (("paper", paper), ("adaptive", adaptive))}}
+            if run_checks and check_pgd is not None:
+                if progress:
+                    print(f"== checking {system.label}", flush=True)
+                rows["checks"] = checks(spec, adaptive_m, x, y,
+                                        jax.random.fold_in(k, CHECKS_STREAM), check_pgd,
+                                        wb_row, paper_row, num_classes, batch_size)
+        finally:
+            spent = _add_wall(batches, time.time() - started)
         jax.clear_caches()      # this system's compiled attacks are not used again
         served = (f"{system.preprocess[kind(dataset)]} in front of {spec.source}"
                   if system.preprocess else models[system.run].defense)
         out[system.name] = {**entry, "status": "measured",
                             "workdir": workdirs.get(system.run),
                             "eval_draws": adaptive_m.eval_draws, "served": served, **rows}
-        if cached is not None:
-            files.write_json(cached, {"fingerprint": stamp, "column": out[system.name]})
+        if store is not None:
+            store.write(system.name, column_record(
+                store, spec, system, ident, column_stamp, out[system.name], spent, attacks,
+                workdirs, data))
             shutil.rmtree(batches, ignore_errors=True)
+            try:                       # the progress folder, once no column is under way
+                os.rmdir(os.path.dirname(batches))
+            except OSError:
+                pass
     return out
+
+
+def column_record(store: record.Record, spec: Spec, system: System, ident: dict,
+                  column_stamp: str, column: dict, wall_s: float, attacks: dict,
+                  workdirs: dict, data: Optional[dict]) -> dict:
+    """A finished column as the record keeps it: identity and stamp, the column (cells,
+    per-example outcomes, checks), provenance (commit, date, machine, versions, code
+    digest), wall time over every sitting, how to load its examples and models again
+    (paths relative to the record), the attacks its replay measures, and its replays."""
+    runs = sorted(ident["runs"])
+    return {"format": record.FORMAT, "paper": spec.paper, "table": spec.table,
+            "dataset": ident["dataset"], "system": system.name, "stamp": column_stamp,
+            "identity": ident, "column": {k: v for k, v in column.items() if k != "workdir"},
+            "provenance": record.provenance(), "wall_s": round(wall_s, 1),
+            "data": data or {},
+            "models": {r: os.path.relpath(workdirs[r], store.dir) for r in runs},
+            "replay_attacks": record.replay_attacks(attacks), "replays": [], "stale": None}
+
+
+def _add_wall(batches: Optional[str], seconds: float) -> float:
+    """Add a sitting's seconds to a column's progress; its wall time so far."""
+    if not batches:
+        return seconds
+    path = os.path.join(batches, "wall.json")
+    spent = seconds
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                spent += float(json.load(f)["wall_s"])
+        except (ValueError, KeyError):
+            pass
+    files.write_json(path, {"wall_s": spent, "code": files.code_digest()})
+    return spent
+
+
+def _reusable(store, system, ident, column_stamp, reports, x, y, key, attacks, batch_size,
+              progress):
+    """The recorded column of `system` when it can stand for this measurement, else None
+    (with the reason printed): same identity, not stale, and measured by this code or
+    replayed at it; a record of other code is replayed now (`record.replay`) and noted,
+    or marked stale when its replay differs."""
+    rec = store.read(system.name)
+    if rec is None:
+        return None
+    where = store.path(system.name)
+    code = files.code_digest()
+    if rec["stamp"] != column_stamp:
+        why = f"it was measured with other {record.differences(rec['identity'], ident)}"
+    elif rec.get("stale"):
+        why = f"it is stale ({rec['stale']['reason']})"
+    elif code in record.accepted_codes(rec):
+        if progress:
+            print(f"== {system.label}: measured earlier ({where})", flush=True)
+        return rec["column"]
+    else:
+        if progress:
+            print(f"== {system.label}: recorded by other code; replaying its first batch",
+                  flush=True)
+        diffs = record.replay(reports, x, y, key, attacks, rec["replay_attacks"], batch_size,
+                              rec["column"]["per_example"])
+        here = record.provenance()
+        if not diffs:
+            rec["replays"].append({k: here[k] for k in ("commit", "code", "date", "machine")})
+            store.write(system.name, rec)
+            if progress:
+                print(f"== {system.label}: replay agrees; reused ({where})", flush=True)
+            return rec["column"]
+        rec["stale"] = {"reason": f"replay at {here['commit']} differs: " +
+                        "; ".join(f"{d['protocol']} {d['attack']} examples {d['examples']}"
+                                  for d in diffs), "commit": here["commit"],
+                        "date": here["date"]}
+        store.write(system.name, rec)
+        why = f"its replay at this code differs ({rec['stale']['reason']})"
+    if progress:
+        print(f"== {system.label}: the record {where} is not reused: {why}; measuring again",
+              flush=True)
+    return None
+
+
+def _check_progress(batches, system, reports, x, y, key, attacks, batch_size, progress):
+    """A column's finished batches from other code are kept only when their first batch
+    replays the same (`record.replay`); otherwise they are moved aside (progress-stale/)."""
+    wall = os.path.join(batches, "wall.json")
+    if not os.path.isfile(wall):        # written before the first batch, with the code
+        files.write_json(wall, {"wall_s": 0.0, "code": files.code_digest()})
+        return
+    with open(wall) as f:
+        code = json.load(f).get("code")
+    if code == files.code_digest():
+        return
+    expected = record.batch0(batches, {p: t for p, _, t in reports})
+    names = [a for a in attacks if any(f"{t}/{a}" in expected.get(p, {})
+                                       for p, _, t in reports)][:2]
+    diffs = record.replay(reports, x, y, key, attacks, names, batch_size, expected)
+    if diffs:
+        aside = batches.replace(os.sep + "progress" + os.sep,
+                                os.sep + "progress-stale" + os.sep)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(batches, aside)
+        if progress:
+            print(f"== {system.label}: finished batches from other code replay differently "
+                  f"({diffs}); moved them to {aside}, measuring from the start", flush=True)
+        return
+    files.write_json(wall, {**json.load(open(wall)), "code": files.code_digest()})
+    if progress:
+        print(f"== {system.label}: finished batches from other code replay the same; "
+              f"resuming", flush=True)
 
 
 def rows(spec: Spec) -> tuple:
