@@ -14,9 +14,12 @@ purifier in front of another model, training rows among the attacked examples: a
 refused). Each run trains in ROOT/<run> (resuming a run that stopped; a finished workdir is
 taken as it is when its settings match), or comes from --existing=RUN:PATH,... The table
 goes to stdout and ROOT/<stem>.md, with ROOT/<stem>.json and ROOT/<stem>.png (stem: table3
-for GRFD's Table 3, else PAPER-tableN). Each system's measurement is kept in
-ROOT/columns/<system>.json as soon as it is done: the same command after a stop attacks
-only the systems not yet measured (with the same examples, attacks, runs and code).
+for GRFD's Table 3, else PAPER-tableN). Each system's measurement goes to the record
+(--record; docs/record.md) batch by batch as it is done: the same command after a stop, on
+this machine or on a clone of the committed record, attacks only what is not yet measured.
+
+    python -m eval.table --replay                  # every committed column's slice, again
+    python -m eval.table --render=results/grfd-table3-mnist --into=BENCHMARKS.md
 """
 from __future__ import annotations
 

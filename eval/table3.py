@@ -14,9 +14,8 @@ Each column trains in ROOT/<defense> (resuming a run that stopped; a finished wo
 taken as it is when its settings match), or comes from --existing=grfd:runs/grfd-mnist,...
 The table (accuracy in %, the published value and the difference in parentheses) goes to
 stdout and ROOT/table3.md, with ROOT/table3.json and ROOT/table3.png. Each column's
-measurement is kept in ROOT/columns/<column>.json as soon as it is done: run the same
-command again after a stop and it attacks only the columns not yet measured (with the same
-examples, attacks, runs and code).
+measurement goes to the record (--record; docs/record.md) batch by batch: run the same
+command again after a stop and it attacks only what is not yet measured.
 """
 from __future__ import annotations
 

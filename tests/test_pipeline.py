@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,22 +117,33 @@ def test_checkpoint_of_other_architecture_and_corrupt_checkpoint(trained, tmp_pa
 
 
 def test_quickstart_notebook_runs_on_a_finished_run(trained, tmp_path):
-    """examples/quickstart.ipynb executed as a user runs it, pointed at this module's run
-    (its parameters cell replaced, as papermill does), so the notebook cannot rot."""
+    """examples/quickstart.ipynb executed as a user runs it (its parameters cell replaced,
+    as papermill does), so the notebook cannot rot: on this module's digits run, and on the
+    GRFD MNIST model the repository commits (its default), which it finds from examples/."""
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
+    from tests.conftest import REPO
     cfg, report = trained
-    nb = nbformat.read(os.path.join(os.path.dirname(__file__), "..", "examples",
-                                    "quickstart.ipynb"), as_version=4)
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1
-    params[0].source = f"WORKDIR = {cfg.workdir!r}\nTRAIN = {{}}\nEXAMPLES = 32"
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
-    assert "grfd on digits" in text and "PGD-20 at eps 0.1 (white-box)" in text
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
-    assert len(images) == 3                                   # parts, attack, eps figure
-    assert os.path.getsize(os.path.join(cfg.workdir, "notebook_eps.png")) > 1000
+    mnist = REPO.parent / "shared" / "data" / "mnist"
+    for workdir, data_dir, shown in ((repr(cfg.workdir), None, "grfd on digits"),
+                                     (None, str(mnist), "grfd on mnist")):
+        nb = nbformat.read(os.path.join(os.path.dirname(__file__), "..", "examples",
+                                        "quickstart.ipynb"), as_version=4)
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1
+        params[0].source = (f"WORKDIR = {workdir}\nDATA_DIR = {data_dir!r}\nTRAIN = {{}}\n"
+                            f"EXAMPLES = 32")
+        where = tmp_path / shown.split()[-1]
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / "examples")
+                                               if workdir is None else str(where)}}).execute()
+        text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                       for o in c.get("outputs", []))
+        assert shown in text and "PGD-20 at eps 0.1 (white-box)" in text
+        if workdir is None:
+            assert "results/models/grfd-mnist/grfd" in text
+        images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                  if "image/png" in o.get("data", {})]
+        assert len(images) == 3                                   # parts, attack, eps figure
+    assert os.path.getsize(tmp_path / "digits" / "runs" / "notebook" / "eps.png") > 1000
+    shutil.rmtree(REPO / "examples" / "runs", ignore_errors=True)
