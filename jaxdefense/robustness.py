@@ -1,7 +1,9 @@
 """Robustness reports: threat models, per-sample worst case, sanity checks, eps sweeps.
 
 Threat models (the served model is always what is scored):
-- whitebox:    attacks see the whole defended pipeline (EOT when it is random),
+- whitebox:    attacks see the whole defended pipeline (on a random one: EOT for PGD, APGD,
+               FGSM, VMI-FGSM, EOT-PGD and AutoAttack 'rand'; every other attack (C&W,
+               DDN, JSMA, stAdv, FWA, ROA, FAB, Square) sees one fixed draw: `fixed_draw`),
 - target-only: attacks see the classifier alone; its examples then go through the defense,
 - transfer:    attacks see a separate source model (the GRFD / ARN / IDFR papers' protocol).
 """
@@ -64,10 +66,10 @@ EOT_ATTACKS = ("pgd", "apgd", "apgd_targeted", "fgsm", "vmifgsm")
 def craft_fn(name: str, params: dict, stochastic: bool):
     """`(logits_fn, x, y, key) -> x_adv` for a preset entry; stochastic: logits_fn(x, key).
 
-    On a randomized model every gradient attack (PGD, APGD, FGSM, VMI-FGSM, EOT-PGD) averages
-    `eot_samples` draws per gradient (EOT_SAMPLES = 20 unless the entry sets it) and
-    AutoAttack runs its 'rand' version; attacks without gradients to average (Square, FAB)
-    see one fixed draw. On a deterministic model one draw is exact: `eot_samples` is dropped
+    On a randomized model PGD, APGD, FGSM, VMI-FGSM and EOT-PGD average `eot_samples`
+    draws per gradient (EOT_SAMPLES = 20 unless the entry sets it) and AutoAttack runs its
+    'rand' version; every other attack (C&W, DDN, JSMA, stAdv, FWA, ROA, FAB, Square) sees
+    one fixed draw (`fixed_draw` names them; tables say so under the table). On a deterministic model one draw is exact: `eot_samples` is dropped
     (EOT-PGD runs with one).
 
     An entry may name its attack function (`attack`: a key of `attacks.ATTACKS`, for entries
@@ -102,6 +104,13 @@ def craft_fn(name: str, params: dict, stochastic: bool):
         params.pop("eot_samples")
         return lambda f, x, y, k, **kw: fn(fixed_key(f), x, y, k, **params, **kw)
     return lambda f, x, y, k, **kw: fn(f, x, y, k, **params, **kw)
+
+
+def fixed_draw(attacks: dict) -> list:
+    """The entries of `attacks` that see one fixed noise draw on a randomized model (no
+    EOT): all but PGD, APGD, FGSM, VMI-FGSM, EOT-PGD and AutoAttack."""
+    with_eot = set(EOT_ATTACKS) | {"eotpgd", "autoattack"}
+    return [n for n, p in attacks.items() if resolved_entry(n, p)["attack"] not in with_eot]
 
 
 TARGET_STREAM = 0x5EED      # fold_in constant of the targets' key (attacks split theirs)

@@ -167,6 +167,8 @@ def test_arn_layout_shows_errors_with_the_published_value():
     assert cells[1] == " 50.0 (1.85, +48.2) "                # PGD_N
     assert cells[-1] == " 75.0 "                             # worst case: none published
     assert "error in %" in text and "Avg" not in text
+    # randomized systems: the attacks without EOT are named, not claimed to have it
+    assert "except CW_N, DDN_N and JSMA_T, which see one fixed draw." in text
     diff = engine.differences(spec, columns, spec.published("mnist")["values"])
     assert diff["arn_pp"]["paper"]["pgd"] == pytest.approx(0.5 - 0.9815)
 

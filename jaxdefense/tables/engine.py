@@ -665,7 +665,7 @@ def markdown(spec: Spec, table: dict) -> str:
     lines = [f"# {spec.title} on {table['dataset']}: {table['examples']} examples{preset}", "",
              f"Cells: measured (published, difference), {metric} in %. Randomized systems: "
              f"right on every one of {draws} draws to count; {eot} EOT draws per gradient "
-             f"in their white-box attacks.", ""]
+             f"in their white-box attacks" + _fixed_draw_note(spec, table) + ".", ""]
     if spec.note:
         lines += [spec.note, ""]
     paper = table["paper_values"]["values"]
@@ -709,6 +709,16 @@ def markdown(spec: Spec, table: dict) -> str:
         "", f"Published values (in parentheses): {table['paper_values']['source']}; "
         f"{table['paper_values'].get('note', '')}", ""]
     return "\n".join(lines)
+
+
+def _fixed_draw_note(spec: Spec, table: dict) -> str:
+    """', except X and Y, which see one fixed draw' for the table's attacks without EOT."""
+    fixed = robustness.fixed_draw(table.get("attacks") or {})
+    if not fixed:
+        return ""
+    names = [spec.labels.get(n, n) for n in fixed]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f", except {listed}, which {'sees' if len(names) == 1 else 'see'} one fixed draw"
 
 
 def figure(spec: Spec, path: str, table: dict) -> str:
