@@ -163,6 +163,7 @@ def run(spec, args) -> int:
         existing = dict(item.split(":", 1) for item in
                         filter(None, (args.existing or "").split(",")))
         files.code_digest()       # the code this process runs, before a long training
+        record.commit()
         user = _user_overrides(args.overrides)
         overrides = _overrides(args, user)
         max_steps = args.max_steps if args.max_steps is not None else (5 if args.smoke else None)

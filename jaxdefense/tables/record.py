@@ -21,6 +21,7 @@ Otherwise it is stale: kept, marked, shown marked, and measured again when asked
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -56,11 +57,11 @@ def key_from(data: list):
     return jax.random.wrap_key_data(np.asarray(data, np.uint32))
 
 
-def provenance() -> dict:
-    """Where and by what a measurement was made: commit (with '+changes' when the package
-    differs from it), date (UTC), machine, library versions and the code digest."""
-    import flax
-    import optax
+@functools.lru_cache(maxsize=None)
+def commit() -> str:
+    """The checkout's commit, with '+changes' when the package or the commands differ from
+    it. Read once per process, like `files.code_digest` (the commands call both before they
+    train), so later edits do not change what a long run reports."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     def git(*args):
@@ -69,9 +70,17 @@ def provenance() -> dict:
                                   timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    out = git("rev-parse", "--short=12", "HEAD") or "unknown"
     if git("status", "--porcelain", "--", "jaxdefense", "eval"):
-        commit += "+changes"
+        out += "+changes"
+    return out
+
+
+def provenance() -> dict:
+    """Where and by what a measurement was made: commit (`commit`), date (UTC), machine,
+    library versions and the code digest."""
+    import flax
+    import optax
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -80,7 +89,7 @@ def provenance() -> dict:
     except OSError:
         pass
     dev = jax.devices()[0]
-    return {"commit": commit,
+    return {"commit": commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{cpu}, {os.cpu_count()} cores, {dev.platform}"
                        f"{'' if dev.platform == 'cpu' else ' ' + dev.device_kind}"
