@@ -1,13 +1,19 @@
-"""Figures written next to a run's metrics (matplotlib, Agg backend, PNG)."""
+"""Figures written next to a run's metrics (PNG). Figures are matplotlib `Figure` objects
+drawn by their own Agg canvas: importing this module and drawing leave pyplot's backend and
+state (a notebook's inline figures) untouched."""
 from __future__ import annotations
 
 import os
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _subplots(nrows: int = 1, ncols: int = 1, figsize=None, squeeze: bool = True):
+    """(figure, axes) like pyplot.subplots, without pyplot."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _show(ax, img):
@@ -24,7 +30,7 @@ def image_rows(path: str, rows: dict, title: str = "", n: int = 8) -> str:
     Each image is contrast-stretched on its own, since x_r is not in [0, 1].
     """
     n = min(n, *(len(v) for v in rows.values()))
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
+    fig, axes = _subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
     for r, (name, imgs) in enumerate(rows.items()):
         for c in range(n):
             _show(axes[r, c], imgs[c])
@@ -43,7 +49,7 @@ def pca_2d(z: np.ndarray) -> np.ndarray:
 def latent_scatter(path: str, z: np.ndarray, labels: np.ndarray, title: str = "") -> str:
     """2-D PCA of latent codes coloured by class (the GRFD paper's Fig. 2)."""
     p = pca_2d(np.asarray(z, np.float64))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _subplots(figsize=(5, 5))
     sc = ax.scatter(p[:, 0], p[:, 1], c=labels, cmap="tab10" if labels.max() < 10 else "nipy_spectral",
                     s=6, alpha=0.8)
     if labels.max() < 10:
@@ -53,20 +59,19 @@ def latent_scatter(path: str, z: np.ndarray, labels: np.ndarray, title: str = ""
 
 
 def _save(fig, path: str) -> str:
-    """Save and close a figure (main process only); returns path."""
+    """Save a figure (main process only); returns path."""
     from jaxdefense.sharding import is_main_process
     fig.tight_layout()
     if is_main_process():
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def line_plot(path: str, x, lines: dict, xlabel: str, ylabel: str, title: str = "",
               marker: str | None = None) -> str:
     """One line per entry of `lines` ({label: y values}) against x; y axis [0, 1]."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _subplots(figsize=(5, 3.5))
     for name, ys in lines.items():
         ax.plot(x, ys, marker=marker, label=name)
     ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.set_ylim(0, 1)
@@ -81,9 +86,9 @@ def accuracy_vs_eps(path: str, sweep: dict, title: str = "") -> str:
     eps = np.asarray(sweep["eps"]) * 255
     names = [k for k in sweep if k != "eps"]
     groups = list(dict.fromkeys(n.split("/")[0] for n in names if "/" in n))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {"pgd": "-", "fgsm": "--"}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _subplots(figsize=(6, 4))
     for n in names:
         group, _, attack = n.partition("/")
         style = dict(color=colours[groups.index(group) % len(colours)],
@@ -97,7 +102,7 @@ def accuracy_vs_eps(path: str, sweep: dict, title: str = "") -> str:
 def grouped_bars(path: str, groups: list, series: dict, ylabel: str, title: str = "") -> str:
     """Bars per group (x axis) for each series ({label: [value or None per group]});
     None (not measured) leaves a gap, labelled 'n/a'."""
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(groups)), 3.8))
+    fig, ax = _subplots(figsize=(max(6, 1.1 * len(groups)), 3.8))
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
         xs = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width

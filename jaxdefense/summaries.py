@@ -17,6 +17,7 @@ import numpy as np
 
 LOGDIR = "tensorboard"
 _writers: dict = {}
+_closing: list = []          # [True] once close() is registered to run at exit
 
 
 def _writer(workdir: str):
@@ -26,6 +27,9 @@ def _writer(workdir: str):
     logdir = os.path.join(os.path.abspath(workdir), LOGDIR)
     if logdir not in _writers:
         os.makedirs(logdir, exist_ok=True)
+        if not _writers and not _closing:    # closed at exit, once a file is open
+            atexit.register(close)
+            _closing.append(True)
         _writers[logdir] = EventsWriter(os.path.join(logdir, "events"))
     return _writers[logdir]
 
@@ -72,5 +76,3 @@ def close() -> None:
         w.close()
     _writers.clear()
 
-
-atexit.register(close)
