@@ -134,6 +134,7 @@ def test_quickstart_notebook_runs_on_a_finished_run(trained, tmp_path):
         params[0].source = (f"WORKDIR = {workdir}\nDATA_DIR = {data_dir!r}\nTRAIN = {{}}\n"
                             f"EXAMPLES = 32")
         where = tmp_path / shown.split()[-1]
+        where.mkdir()
         NotebookClient(nb, timeout=600, kernel_name="python3",
                        resources={"metadata": {"path": str(REPO / "examples")
                                                if workdir is None else str(where)}}).execute()
