@@ -270,6 +270,7 @@ def replay_all(args) -> int:
     each difference (table, system, protocol, attack, examples)."""
     import time
     import jaxdefense
+    from jaxdefense import checkpoint
     failed = 0
     stores = record.open_records(args.replay)
     if not stores:
@@ -299,14 +300,12 @@ def replay_all(args) -> int:
             if engine.examples_digest(ds.x, ds.y) != ident["examples"]:
                 problems.append("the examples differ from the recorded ones")
             for r, w in workdirs.items():
-                if engine._run_stamp(workdirs, r) != ident["runs"][r]:
+                if checkpoint.model_digest(w) != ident["runs"][r]:
                     problems.append(f"model {r} ({w}) differs from the one measured")
             diffs = []
             if not problems:
-                paper_m, adaptive_m, threat = engine.system_models(
-                    spec, system, models, store.dataset, ident["eval_draws"])
-                reports = [("paper", paper_m, threat)] + (
-                    [] if paper_m is adaptive_m else [("adaptive", adaptive_m, "whitebox")])
+                reports = engine.system_reports(*engine.system_models(
+                    spec, system, models, store.dataset, ident["eval_draws"]))
                 diffs = record.replay(reports, ds.x, ds.y, record.key_from(ident["key"]),
                                       ident["attacks"], rec["replay_attacks"],
                                       ident["batch_size"], rec["column"]["per_example"])

@@ -235,12 +235,17 @@ def model_digest(path: str) -> str:
     """sha256 of a model: its defense, its config without paths (`PATH_FIELDS`) and its
     served variables (leaf paths, dtypes, shapes and bytes). A compact model is read from
     its variables file; a training workdir is restored through its defense."""
-    import hashlib
     defense, config = load_config(path)
+    return _digest(defense, config, served_variables(path))
+
+
+def _digest(defense: str, config: dict, variables) -> str:
+    """`model_digest` of a model held in memory."""
+    import hashlib
     h = hashlib.sha256(json.dumps([defense, {k: v for k, v in config.items()
                                              if k not in PATH_FIELDS}],
                                   sort_keys=True, default=str).encode())
-    for p, leaf in sorted(jax.tree_util.tree_leaves_with_path(served_variables(path)),
+    for p, leaf in sorted(jax.tree_util.tree_leaves_with_path(variables),
                           key=lambda item: _path(item[0])):
         leaf = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{_path(p)}:{leaf.dtype}:{leaf.shape}".encode())
@@ -304,13 +309,13 @@ def export_model(workdir: str, out: str, about: dict, target: str | None = None)
     os.replace(tmp, os.path.join(out, VARIABLES_FILE))
     save_config(out, defense, config)
     results = os.path.join(workdir, "results.json")
-    trained = json.load(open(results)) if os.path.isfile(results) else None
+    trained = None
+    if os.path.isfile(results):
+        with open(results) as f:
+            trained = json.load(f)
+    digest = _digest(defense, config, variables)      # paths aside: the workdir's digest
     files.write_json(os.path.join(out, MODEL_FILE),
                      {"defense": defense, **about, "training_results": trained,
-                      "size_bytes": os.path.getsize(os.path.join(out, VARIABLES_FILE))},
-                     sort_keys=True)
-    digest = model_digest(out)
-    with open(os.path.join(out, MODEL_FILE)) as f:
-        meta = json.load(f)
-    files.write_json(os.path.join(out, MODEL_FILE), {**meta, "digest": digest}, sort_keys=True)
+                      "size_bytes": os.path.getsize(os.path.join(out, VARIABLES_FILE)),
+                      "digest": digest}, sort_keys=True)
     return digest

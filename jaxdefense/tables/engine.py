@@ -212,6 +212,13 @@ def system_models(spec: Spec, system: System, models: dict, dataset: str,
             adaptive, "transfer")
 
 
+def system_reports(paper_m, adaptive_m, threat: str) -> list:
+    """[(protocol, Models, threat)] of a system's reports (`system_models`' output): the
+    papers' protocol, and the adaptive white-box run unless it is the same report."""
+    return [("paper", paper_m, threat)] + (
+        [] if paper_m is adaptive_m else [("adaptive", adaptive_m, "whitebox")])
+
+
 def _part(model, name: str):
     if name not in model.parts:
         raise ValueError(f"{model.defense} serves no {name!r} stage (it has "
@@ -434,8 +441,7 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
             continue
         k = key        # every system on the same key: equal attacks on one model agree
         paper_m, adaptive_m, threat = system_models(spec, system, models, dataset, eval_draws)
-        reports = [("paper", paper_m, threat)] + (
-            [] if paper_m is adaptive_m else [("adaptive", adaptive_m, "whitebox")])
+        reports = system_reports(paper_m, adaptive_m, threat)
         batches = crafts = None
         if store is not None:
             ident = identity(spec, system, workdirs, dataset, x, y, attacks, k, batch_size,
@@ -590,8 +596,8 @@ def _check_progress(batches, system, reports, x, y, key, attacks, batch_size, pr
         files.write_json(wall, {"wall_s": 0.0, "code": files.code_digest()})
         return
     with open(wall) as f:
-        code = json.load(f).get("code")
-    if code == files.code_digest():
+        kept = json.load(f)
+    if kept.get("code") == files.code_digest():
         return
     expected = record.batch0(batches, {p: t for p, _, t in reports})
     names = [a for a in attacks if any(f"{t}/{a}" in expected.get(p, {})
@@ -607,7 +613,7 @@ def _check_progress(batches, system, reports, x, y, key, attacks, batch_size, pr
             print(f"== {system.label}: finished batches from other code replay differently "
                   f"({diffs}); moved them to {aside}, measuring from the start", flush=True)
         return
-    files.write_json(wall, {**json.load(open(wall)), "code": files.code_digest()})
+    files.write_json(wall, {**kept, "code": files.code_digest()})
     if progress:
         print(f"== {system.label}: finished batches from other code replay the same; "
               f"resuming", flush=True)
