@@ -22,7 +22,8 @@ import time
 
 import jax
 
-from jaxdefense import data, files, table3
+from jaxdefense import data, files
+from jaxdefense.tables import engine, grfd, record
 from jaxdefense.checkpoint import CheckpointError
 from jaxdefense.cli import setup_process
 
@@ -80,19 +81,22 @@ def main(argv=None) -> int:
     setup_process()
     start = time.time()
     try:
-        attacks = table3.attacks_for("digits", args.max_steps, None, ATTACKS)
-        plan = table3.plan_columns(args.workdir, "digits", False, dict(TRAINING, seed=args.seed),
-                                   {}, set(COLUMNS), examples=args.examples)
-        workdirs = table3.train_columns(plan)
+        attacks = grfd.attacks("digits", args.max_steps, None, ATTACKS)
+        plan = engine.plan(grfd.TABLE3, args.workdir, "digits", False,
+                           dict(TRAINING, seed=args.seed), {}, set(COLUMNS),
+                           examples=args.examples)
+        workdirs = engine.train(plan)
         ds = data.load("digits", plan["standard"].cfg.eval_split).take(args.examples)
     except (CheckpointError, data.DatasetError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     trained = time.time() - start
-    columns = table3.evaluate(workdirs, "digits", ds.x, ds.y, attacks, jax.random.key(args.seed),
-                              only=set(COLUMNS), cache_dir=os.path.join(args.workdir, "columns"),
-                              checks=False)
-    published = table3.paper_values("digits")["values"]
+    store = record.Record(os.path.join(args.workdir, "columns"), "grfd", "3", "digits")
+    columns = engine.evaluate(grfd.TABLE3, workdirs, "digits", ds.x, ds.y, attacks,
+                              jax.random.key(args.seed), only=set(COLUMNS), store=store,
+                              crafts_root=os.path.join(args.workdir, "columns"),
+                              run_checks=False)
+    published = grfd.TABLE3.published("digits")["values"]
     text = short_table(columns, published, len(ds), attacks)
     total = time.time() - start
     print("\n" + text + f"\n\nTrained in {trained:.0f} s, measured in {total - trained:.0f} s; "

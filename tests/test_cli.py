@@ -81,12 +81,12 @@ def test_defense_clis_list_their_options_and_reject_bad_input(tmp_path):
 
 def test_demo_short_table_names_both_protocols_and_the_published_values():
     from eval import demo
-    from jaxdefense import table3
+    from jaxdefense.tables import grfd
     row = {"clean": 0.98, "fgsm": 0.7, "pgd": 0.875, "worst_case": 0.0}
     columns = {"none": {"paper": row, "adaptive": row},
                "grfd": {"paper": row, "adaptive": {**row, "fgsm": 0.003, "pgd": 0.0}}}
-    attacks = table3.attacks_for("digits", None, None, ("fgsm", "pgd"))
-    text = demo.short_table(columns, table3.paper_values("digits")["values"], 360, attacks)
+    attacks = grfd.attacks("digits", None, None, ("fgsm", "pgd"))
+    text = demo.short_table(columns, grfd.TABLE3.published("digits")["values"], 360, attacks)
     lines = text.splitlines()
     assert "FGSM eps 26/255, PGD-100 eps 18/255" in lines[0]
     grfd = [l for l in lines if l.startswith("GRFD")]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import jaxdefense
-from jaxdefense import data, table3
+from jaxdefense import data
+from jaxdefense.tables import engine, grfd
 from jaxdefense.defenses import registry
 
 SURFACE = ("Config", "PRESETS", "preset", "train_and_evaluate", "build", "restore", "serve")
@@ -42,15 +43,17 @@ def test_every_defense_has_the_registry_surface_and_a_preset_per_dataset():
         registry.get("nope")
 
 
-def test_train_commands_and_the_table_read_the_registry():
+def test_train_commands_and_the_table_read_the_registry(tmp_path):
     for name in registry.DEFENSES:
         cmd = importlib.import_module(f"train.{name}")
         with pytest.raises(SystemExit) as e:
             cmd.main(["--help"])
         assert e.value.code == 0
-    for defense, (make_preset, run) in table3.trainers().items():
-        assert make_preset == registry.get(defense).preset
-        assert run == registry.get(defense).train_and_evaluate
+    planned = engine.plan(grfd.TABLE3, str(tmp_path), "digits", True, {}, {})
+    assert set(planned) == set(grfd.TABLE3.runs)
+    for run, p in planned.items():
+        assert p.defense == grfd.TABLE3.runs[run].defense
+        assert type(p.cfg) is registry.get(p.defense).Config
 
 
 QUICK = ("standard", "gradreg", "smoothing")      # the others take 20-90 s each: slow suite

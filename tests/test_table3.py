@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdefense import files, robustness, table3
+from jaxdefense import files, robustness
+from jaxdefense.tables import engine, grfd, record, spec
 from jaxdefense.defended import DefendedClassifier
 from tests.conftest import REPO, run_env
 
@@ -22,21 +23,22 @@ def _model(logits_fn, defense, stochastic=False):
 def test_each_column_is_attacked_under_its_protocol():
     w = jnp.array([[1.0, -1.0]] * 4)
     none = _model(lambda x: x.reshape(len(x), -1) @ w, "standard")
-    grfd = _model(lambda x: x.reshape(len(x), -1) @ w * 2, "grfd")
+    defended = _model(lambda x: x.reshape(len(x), -1) @ w * 2, "grfd")
     smooth = _model(lambda x, k: x.reshape(len(x), -1) @ w + jax.random.normal(k, (2,)),
                     "smoothing", stochastic=True)
-    models = {"standard": none, "grfd": grfd, "smoothing": smooth, "gradreg": none}
-    cols = {c.name: c for c in table3.COLUMNS}
-    paper, adaptive, threat = table3.column_models(cols["grfd"], models, "mnist")
+    models = {"standard": none, "grfd": defended, "smoothing": smooth, "gradreg": none}
+    cols = {c.name: c for c in grfd.TABLE3.systems}
+    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["grfd"], models, "mnist")
     assert threat == "transfer" and paper.source is none.logits_fn
-    assert adaptive.served is grfd.logits_fn and not adaptive.stochastic
-    paper, adaptive, threat = table3.column_models(cols["smoothing"], models, "mnist")
+    assert adaptive.served is defended.logits_fn and not adaptive.stochastic
+    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["smoothing"], models,
+                                                   "mnist")
     x = jnp.ones((3, 2, 2, 1))
     assert threat == "transfer" and adaptive.stochastic
     np.testing.assert_array_equal(paper.source(x), paper.source(x))     # one fixed draw
-    paper, adaptive, threat = table3.column_models(cols["gradreg"], models, "mnist")
+    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["gradreg"], models, "mnist")
     assert threat == "whitebox" and paper is adaptive
-    paper, adaptive, threat = table3.column_models(cols["bdr"], models, "mnist")
+    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["bdr"], models, "mnist")
     # bits:1 on MNIST: the served forward pass is the same; only the adaptive one has BPDA
     xs = jnp.full((1, 2, 2, 1), 0.3)
     np.testing.assert_array_equal(paper.served(xs), adaptive.served(xs))
@@ -48,10 +50,10 @@ def test_each_column_is_attacked_under_its_protocol():
 def test_markdown_layout_and_paper_values(tmp_path):
     row = {"clean": 0.99, "fgsm": 0.5, "pgd": 0.25, "autoattack": 0.0, "eotpgd": 0.25,
            "vmifgsm": 0.5, "avg": 0.3, "worst_case": 0.0}
-    columns = {c.name: {"label": c.label, "paper_protocol": table3.PAPER_PROTOCOL[c.paper],
+    columns = {c.name: {"label": c.label, "paper_protocol": spec.PROTOCOLS[c.paper],
                         "status": "measured", "paper": row,
                         "adaptive": {**row, "pgd": 0.0} if c.name == "diffpure" else row}
-               for c in table3.COLUMNS}
+               for c in grfd.TABLE3.systems}
     columns["fs"]["checks"] = [dict(check="white-box <= papers' protocol (PGD)", passed=False,
                                     detail="95.4 vs 95.0"),
                                dict(check="unbounded", passed=True, detail="")]
@@ -59,29 +61,29 @@ def test_markdown_layout_and_paper_values(tmp_path):
               "eval_draws": 3, "eot_samples": 7,
               "paper_values": {"source": "S", "note": "",
                                "values": {"grfd": {"pgd": 0.912, "avg": 0.9}}}}
-    text = table3.markdown(result)
+    text = engine.markdown(grfd.TABLE3, result)
     lines = text.splitlines()
     assert "every one of 3 draws" in text and "7 EOT draws" in text
     header = next(l for l in lines if l.startswith("| |"))
-    assert header.split("|")[2:-1] == [f" {c.label} " for c in table3.COLUMNS]
+    assert header.split("|")[2:-1] == [f" {c.label} " for c in grfd.TABLE3.systems]
     pgd_rows = [l for l in lines if l.startswith("| PGD |")]
     assert len(pgd_rows) == 2                                    # both protocols
     # measured, then the published value and the difference, under both protocols
     assert pgd_rows[0].endswith("| 25.0 (91.2, -66.2) |")
     assert pgd_rows[1].endswith("| 25.0 (91.2, -66.2) |")
-    assert pgd_rows[0].count("| 25.0 ") == len(table3.COLUMNS)   # one cell per column
+    assert pgd_rows[0].count("| 25.0 ") == len(grfd.TABLE3.systems)   # one cell per column
     assert pgd_rows[1].split("|")[-3] == " 0.0 "                   # DiffPure, adaptive
     assert next(l for l in lines if l.startswith("| Avg (5 attacks) |")).endswith(
         "| 30.0 (90.0, -60.0) |")
     assert "Sanity checks: 1 of 2 passed; failed:" in text
     assert "- F.S.: white-box <= papers' protocol (PGD): 95.4 vs 95.0" in text
     # a subset's average is not the paper's five-attack average: no paper value beside it
-    sub = table3.markdown({**result, "attacks": {"fgsm": {}, "pgd": {}}})
+    sub = engine.markdown(grfd.TABLE3, {**result, "attacks": {"fgsm": {}, "pgd": {}}})
     assert next(l for l in sub.splitlines() if l.startswith("| Avg (2 attacks) |")).endswith("| 30.0 |")
-    diff = table3.differences(columns, result["paper_values"]["values"])
+    diff = engine.differences(grfd.TABLE3, columns, result["paper_values"]["values"])
     assert diff["grfd"]["paper"] == pytest.approx({"pgd": 0.25 - 0.912, "avg": 0.3 - 0.9})
     assert diff["none"] == {"paper": {}, "adaptive": {}}
-    assert "avg" not in table3.differences(columns, result["paper_values"]["values"],
+    assert "avg" not in engine.differences(grfd.TABLE3, columns, result["paper_values"]["values"],
                                            shown_avg=False)["grfd"]["paper"]
 
 
@@ -92,15 +94,15 @@ def test_figure_puts_published_bars_beside_measured(tmp_path, monkeypatch):
                         lambda path, groups, series, *a: seen.update(series) or path)
     row = {"avg": 0.5, "worst_case": 0.25}
     columns = {c.name: {"label": c.label, "paper": row, "adaptive": row}
-               for c in table3.COLUMNS}
+               for c in grfd.TABLE3.systems}
     result = {"dataset": "mnist", "examples": 8, "columns": columns,
-              "paper_values": table3.paper_values("mnist")}
-    table3.figure(str(tmp_path / "t.png"), result)
+              "paper_values": grfd.TABLE3.published("mnist")}
+    engine.figure(grfd.TABLE3, str(tmp_path / "t.png"), result)
     names = list(seen)
     assert names.index("published avg") == names.index("papers' protocol, avg (measured)") + 1
     assert seen["published avg"][-1] == pytest.approx(0.9369)          # GRFD, MNIST
     monkeypatch.undo()
-    assert table3.figure(str(tmp_path / "t.png"), result) and \
+    assert engine.figure(grfd.TABLE3, str(tmp_path / "t.png"), result) and \
         (tmp_path / "t.png").stat().st_size > 1000
 
 
@@ -119,30 +121,30 @@ def test_packaged_published_values_are_the_papers():
     if not SHARED.is_dir():
         pytest.skip("../shared/data/grfd-paper is not beside this checkout")
     head, rows = _tsv("table3.tsv")
-    labels = {c.label: c.name for c in table3.COLUMNS}
+    labels = {c.label: c.name for c in grfd.TABLE3.systems}
     metric = {"Clean Acc": "clean", "FGSM": "fgsm", "PGD": "pgd", "AA": "autoattack",
               "EOTPGD": "eotpgd", "VMIFGSM": "vmifgsm", "Average": "avg"}
     assert len(rows) == 3 * 7
     for r in rows:
-        values = table3.paper_values(r[0].lower())["values"]
+        values = grfd.TABLE3.published(r[0].lower())["values"]
         for label, v in zip(head[2:], r[2:]):
             assert values[labels[label]][metric[r[1]]] == pytest.approx(float(v) / 100), r
-    c100 = table3.paper_values("cifar100")
+    c100 = grfd.TABLE3.published("cifar100")
     assert c100["values"]["grfd"]["avg"] == pytest.approx(0.5891)
     assert "10.32604/cmc.2025.066370" in c100["source"]
-    assert table3.paper_values("digits")["values"]["none"]["clean"] == pytest.approx(0.9918)
+    assert grfd.TABLE3.published("digits")["values"]["none"]["clean"] == pytest.approx(0.9918)
     _, t1 = _tsv("table1.tsv")
     names = {"FGSM": "fgsm", "PGD": "pgd", "AA": "autoattack", "EOTPGD": "eotpgd",
              "VMIFGSM": "vmifgsm"}
     for ds, attack, eps, step, steps in t1:
-        preset = table3.attacks_for("mnist" if ds == "MNIST" else "cifar10", None, None)
+        preset = grfd.attacks("mnist" if ds == "MNIST" else "cifar10", None, None)
         p = preset[names[attack]]
         assert p["eps"] == pytest.approx(int(eps.split("/")[0]) / 255)
         if step != "-":
             assert p["step_size"] == pytest.approx(int(step.split("/")[0]) / 255)
             assert p["steps"] == int(steps)
     _, t2 = _tsv("table2.tsv")
-    grid = table3.published()["table2"]["rows"]
+    grid = grfd.published_tables()["table2"]["rows"]
     assert [r["avg"] for r in grid] == [float(r[-1]) for r in t2]
 
 
@@ -150,10 +152,10 @@ def test_every_column_builds_for_every_dataset(tmp_path):
     """Each column's preset and config for every dataset the project names, quick and smoke,
     and every registered defense's preset, before anything trains."""
     import importlib
-    for dataset in table3.DATASETS:
+    for dataset in grfd.DATASETS:
         for smoke in (False, True):
-            plan = table3.plan_columns(str(tmp_path / dataset), dataset, smoke, {}, {})
-            assert set(plan) == {c.run for c in table3.COLUMNS}
+            plan = engine.plan(grfd.TABLE3, str(tmp_path / dataset), dataset, smoke, {}, {})
+            assert set(plan) == {c.run for c in grfd.TABLE3.systems}
             for p in plan.values():
                 assert p.cfg.dataset == dataset and p.workdir.startswith(str(tmp_path))
             assert plan["apegan"].cfg.target_workdir == plan["standard"].workdir
@@ -175,7 +177,7 @@ def _saved(workdir, defense, finished=True, **fields):
 def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
     root = tmp_path / "t"
     _saved(root / "standard", "standard", epochs=1)
-    plan = lambda **kw: table3.plan_columns(str(root), "digits", True, kw.pop("over", {}),
+    plan = lambda **kw: engine.plan(grfd.TABLE3, str(root), "digits", True, kw.pop("over", {}),
                                             kw.pop("existing", {}), **kw)
     assert plan(over={"epochs": 1}, only={"none"})["standard"].cfg.epochs == 1
     with pytest.raises(ValueError, match=r"other settings \{'epochs': '1 -> 3'\}"):
@@ -197,12 +199,12 @@ def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
 
 def test_training_rows_never_include_the_attacked_examples():
     mnist = str(REPO.parent / "shared" / "data" / "mnist")
-    table3.check_disjoint("mnist", mnist, "test[:8000]", None, "test[8000:]", 1000, "none")
-    table3.check_disjoint("digits", None, "train", None, "test", 1000, "none")
+    engine.check_disjoint("mnist", mnist, "test[:8000]", None, "test[8000:]", 1000, "none")
+    engine.check_disjoint("digits", None, "train", None, "test", 1000, "none")
     with pytest.raises(ValueError, match="holds 100 of the 500 attacked examples"):
-        table3.check_disjoint("mnist", mnist, "test[:8000]", None, "test[7900:]", 500, "grfd")
+        engine.check_disjoint("mnist", mnist, "test[:8000]", None, "test[7900:]", 500, "grfd")
     # a limit keeps the training rows clear of them
-    table3.check_disjoint("mnist", mnist, "test", 7900, "test[7900:]", 500, "grfd")
+    engine.check_disjoint("mnist", mnist, "test", 7900, "test[7900:]", 500, "grfd")
 
 
 def test_adaptive_row_is_the_per_example_worst_over_both_protocols():
@@ -212,7 +214,7 @@ def test_adaptive_row_is_the_per_example_worst_over_both_protocols():
     adaptive = {"clean": 1.0, "per_example": {"clean": t(1, 1, 1, 1),
                                               "whitebox/pgd": t(1, 1, 0, 1),
                                               "whitebox/fgsm": t(0, 1, 1, 1)}}
-    row = table3.combine(paper, adaptive)
+    row = engine.combine(grfd.TABLE3, paper, adaptive)
     assert row["pgd"] == 0.5 and row["fgsm"] == 0.75      # the transferred PGD counts too
     assert row["worst_case"] == 0.25 and row["avg"] == pytest.approx(0.625)
     assert row["clean"] == 1.0
@@ -225,8 +227,8 @@ def test_column_checks_flag_what_is_wrong():
     x = np.asarray(np.random.default_rng(1).uniform(size=(16, 2, 2, 1)), np.float32)
     y = np.asarray(jnp.argmax(linear(x), 1))
     pgd = dict(eps=0.1, step_size=0.025, steps=5, eot_samples=2)
-    checks = lambda f, wb, pp: {c["check"]: c["passed"] for c in table3.column_checks(
-        robustness.Models(served=f), x, y, jax.random.key(0), pgd, wb, pp, 10)}
+    checks = lambda f, wb, pp: {c["check"]: c["passed"] for c in engine.checks(
+        grfd.TABLE3, robustness.Models(served=f), x, y, jax.random.key(0), pgd, wb, pp, 10)}
     ok = checks(linear, {"pgd": 0.2}, {"pgd": 0.3})
     assert all(ok.values()) and len(ok) == 3, ok
     bad = checks(masked, {"pgd": 0.9}, {"pgd": 0.5})
@@ -245,7 +247,7 @@ def test_recorded_attack_settings_are_the_ones_used(monkeypatch):
     x, y, k = jnp.zeros((2, 2, 2, 1)), jnp.zeros(2, int), jax.random.key(0)
     f = lambda a, key: jnp.zeros((len(a), 2))
     for eot in (None, 3):
-        attacks = table3.attacks_for("mnist", 5, eot)
+        attacks = grfd.attacks("mnist", 5, eot)
         used = eot or robustness.EOT_SAMPLES
         for name, params in attacks.items():
             assert params["eot_samples"] == used
@@ -267,21 +269,23 @@ def test_every_randomized_column_is_scored_on_the_same_draws():
     diff = dataclasses.replace(_model(noisy, "diffpure", stochastic=True),
                                config={"eval_draws": 4})
     models = {"standard": none, "smoothing": smooth, "diffpure": diff}
-    cols = {c.name: c for c in table3.COLUMNS}
+    cols = {c.name: c for c in grfd.TABLE3.systems}
     for name in ("smoothing", "diffpure"):
-        paper, adaptive, _ = table3.column_models(cols[name], models, "mnist", eval_draws=3)
+        paper, adaptive, _ = engine.system_models(grfd.TABLE3, cols[name], models, "mnist",
+                                                  eval_draws=3)
         assert paper.eval_draws == adaptive.eval_draws == 3 and adaptive.stochastic
-    paper, adaptive, _ = table3.column_models(cols["fs"], models, "mnist", eval_draws=3)
+    paper, adaptive, _ = engine.system_models(grfd.TABLE3, cols["fs"], models, "mnist",
+                                              eval_draws=3)
     assert adaptive.eval_draws == 1
 
 
 def test_attacks_follow_the_dataset_preset():
-    a = table3.attacks_for("mnist", None, None)
-    assert list(a) == list(table3.ATTACK_ORDER)
+    a = grfd.attacks("mnist", None, None)
+    assert list(a) == list(grfd.ATTACK_ORDER)
     assert a["pgd"] == {"eps": 18 / 255, "step_size": 8 / 255, "steps": 100, "eot_samples": 20}
-    a = table3.attacks_for("cifar10", 5, 4)
+    a = grfd.attacks("cifar10", 5, 4)
     assert a["pgd"]["steps"] == 5 and a["pgd"]["eot_samples"] == 4
-    assert list(table3.attacks_for("mnist", None, None, ["vmifgsm", "fgsm"])) == ["fgsm", "vmifgsm"]
+    assert list(grfd.attacks("mnist", None, None, ["vmifgsm", "fgsm"])) == ["fgsm", "vmifgsm"]
 
 
 def test_bad_column_or_attack_is_a_clear_error(capsys, tmp_path):
@@ -301,16 +305,17 @@ def test_a_column_is_measured_again_only_when_what_it_depends_on_changed(tmp_pat
         (tmp_path / d).mkdir()
         (tmp_path / d / "results.json").write_text('{"clean_acc": 0.9}')
         runs[d] = str(tmp_path / d)
-    col = {c.name: c for c in table3.COLUMNS}
+    col = {c.name: c for c in grfd.TABLE3.systems}
     x, y, key = np.zeros((4, 2, 2, 1), np.float32), np.arange(4), jax.random.key(0)
-    attacks = table3.attacks_for("mnist", 5, 2, ["fgsm", "pgd"])
+    attacks = grfd.attacks("mnist", 5, 2, ["fgsm", "pgd"])
     stamp = lambda c="cdvae", x=x, attacks=attacks, key=key, batch=256, draws=4: \
-        table3._fingerprint(col[c], runs, x, y, attacks, key, batch, draws)
+        record.stamp(engine.identity(grfd.TABLE3, col[c], runs, "mnist", x, y, attacks, key,
+                                     batch, draws, True))
     base = stamp()
     assert stamp() == base
     changed = [stamp(c="fs"), stamp(x=x + 0.5),
-               stamp(attacks=table3.attacks_for("mnist", 6, 2, ["fgsm", "pgd"])),
-               stamp(attacks=table3.attacks_for("mnist", 5, 3, ["fgsm", "pgd"])),
+               stamp(attacks=grfd.attacks("mnist", 6, 2, ["fgsm", "pgd"])),
+               stamp(attacks=grfd.attacks("mnist", 5, 3, ["fgsm", "pgd"])),
                stamp(key=jax.random.key(1)), stamp(batch=128), stamp(draws=2)]
     assert len({base, *changed}) == 1 + len(changed)
     (tmp_path / "cdvae" / "results.json").write_text('{"clean_acc": 0.8}')   # retrained
@@ -347,7 +352,7 @@ def test_table3_smoke_on_digits_trains_attacks_and_writes_everything(tmp_path):
     assert out["examples"] == 32 and list(out["attacks"]) == ["fgsm", "pgd"]
     assert out["attacks"]["pgd"]["steps"] == 5 and out["eot_samples"] == 2
     assert out["eval_draws"] == 2 and out["attacks"]["pgd"]["eot_samples"] == 2
-    for c in table3.COLUMNS:
+    for c in grfd.TABLE3.systems:
         col = out["columns"][c.name]
         assert col["status"] == "measured"
         for protocol in ("paper", "adaptive", "whitebox_only"):
@@ -443,7 +448,7 @@ def test_table3_smoke_on_cifar100_fake_data_has_every_column(tmp_path):
                 timeout=1800)
     out = json.loads((root / "table3.json").read_text())
     assert out["dataset"] == "cifar100" and out["examples"] == 16
-    for c in table3.COLUMNS:
+    for c in grfd.TABLE3.systems:
         col = out["columns"][c.name]
         assert col["status"] == "measured" and "checks" not in col
         assert set(col["adaptive"]) == {"clean", "fgsm", "avg", "worst_case"}
