@@ -32,7 +32,7 @@ import torch
 import torch.nn as tnn
 
 from jaxdefense import attacks as ja
-from jaxdefense import checkpoint, data
+from jaxdefense import checkpoint, cpu_kernels, data
 from jaxdefense.cli import setup_process
 from jaxdefense.defenses import registry
 
@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     cfg = entry.Config(**cfg_dict)
     nets = entry.build(cfg)
     variables = entry.restore(args.workdir, cfg, nets)
-    logits_fn, _ = entry.serve(cfg, nets, variables)
+    served, _ = entry.serve(cfg, nets, variables)
+    logits_fn = cpu_kernels.attacked(served)      # as the harness hands it to attacks
     info = data.dataset_info(cfg.dataset)
     net = torch_copy(variables["params"], info["mean"][0], info["std"][0])
     ds = data.load(cfg.dataset, "test[8000:]", args.data_dir).take(args.batch)

@@ -113,7 +113,8 @@ def main():
     standard.train_and_evaluate(cfg, progress=False)
     import jaxdefense
     jmodel = jaxdefense.load(cfg.workdir)
-    f = jmodel.logits_fn
+    f_plain = jmodel.logits_fn
+    f = cpu_kernels.attacked(f_plain)     # as the harness hands it to attacks
     net = TorchLeNet5().eval()
     params = jmodel_params(cfg.workdir)
     copy_weights(params, net)
@@ -147,7 +148,7 @@ def main():
         return torch.autograd.grad(loss, xb)[0]
 
     jax_input_gradient = jax.jit(jax.grad(
-        lambda xb, yb: ja.losses.get_loss("ce")(cpu_kernels.use(f, "rounding")(xb), yb).sum()))
+        lambda xb, yb: ja.losses.get_loss("ce")(f(xb), yb).sum()))
     suite = {
         # one step's work for the gradient attacks: the LeNet-5's cross-entropy gradient
         # with respect to the images (what PGD's and APGD's iterations are made of)
@@ -181,14 +182,10 @@ def main():
                     buckets=kind), torchattacks.MultiAttack(torch_stages)),
         })
     if args.kernels_off:
-        f_off = fresh(f)             # its own function object: the jit cache keys on it
+        f_off = fresh(f_plain)       # flax's layers as XLA runs them (no `attacked`)
 
         def pgd_off(xb, yb):
-            os.environ[cpu_kernels.ENV] = "0"
-            try:
-                return ja.pgd(f_off, xb, yb, key, eps=eps, step_size=step, steps=20, norm=norm)
-            finally:
-                os.environ.pop(cpu_kernels.ENV)
+            return ja.pgd(f_off, xb, yb, key, eps=eps, step_size=step, steps=20, norm=norm)
         suite["input gradient, CPU kernels off"] = (jax.jit(jax.grad(
             lambda xb, yb: ja.losses.get_loss("ce")(f_off(xb), yb).sum())),
             torch_input_gradient)

@@ -129,18 +129,15 @@ def timing_table(dataset: str, rows, steps: int) -> None:
 
 
 def kernels_table(dataset: str, rows, steps: int, rounds: int) -> None:
-    """Each step with the CPU kernels on and off (JAXDEFENSE_CPU_KERNELS=1 / 0), interleaved
+    """Each step with the CPU kernels on and off (`cpu_kernels.switched('1' / '0')`), interleaved
     over `rounds` (a slow spell of the machine then hits both); the median of the rounds'
     medians, and the range."""
     times = {(r, k): [] for r, _ in rows for k in ("1", "0")}
     for _ in range(rounds):
         for name, cfg in rows:
             for k in ("1", "0"):
-                os.environ[cpu_kernels.ENV] = k
-                try:
+                with cpu_kernels.switched(k):
                     times[name, k].append(time_step(cfg, steps)["ms"])
-                finally:
-                    os.environ.pop(cpu_kernels.ENV)
     print(f"| {dataset} preset, batch {rows[0][1].batch_size} | kernels on, ms | kernels off, "
           f"ms | off / on |\n|---|---|---|---|")
     for name, _ in rows:

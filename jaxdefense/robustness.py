@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from jaxdefense import attacks as attack_lib, cpu_kernels, files, preemption
 from jaxdefense.attacks.norms import get_norm
 from jaxdefense.attacks.presets import ALIASES, get_preset, preset_for
+from jaxdefense.cpu_kernels import attacked
 from jaxdefense.data import padded_batches
 from jaxdefense import evaluation
 from jaxdefense.evaluation import padded_batch_size
@@ -93,8 +94,8 @@ def craft_fn(name: str, params: dict, stochastic: bool):
         params.pop("eot_samples", None)     # one draw is exact on a deterministic model
         if base == "eotpgd":
             params["eot_samples"] = 1
-            return lambda f, x, y, k, **kw: fn(_ignore_key(f), x, y, k, **params, **kw)
-        return lambda f, x, y, k, **kw: fn(f, x, y, k, **params, **kw)
+            return lambda f, x, y, k, **kw: fn(attacked(_ignore_key(f)), x, y, k, **params, **kw)
+        return lambda f, x, y, k, **kw: fn(attacked(f), x, y, k, **params, **kw)
     params.setdefault("eot_samples", EOT_SAMPLES)
     if base == "autoattack":
         params.setdefault("version", "rand")
@@ -102,8 +103,8 @@ def craft_fn(name: str, params: dict, stochastic: bool):
         params["stochastic"] = True
     elif base != "eotpgd":
         params.pop("eot_samples")
-        return lambda f, x, y, k, **kw: fn(fixed_key(f), x, y, k, **params, **kw)
-    return lambda f, x, y, k, **kw: fn(f, x, y, k, **params, **kw)
+        return lambda f, x, y, k, **kw: fn(attacked(fixed_key(f)), x, y, k, **params, **kw)
+    return lambda f, x, y, k, **kw: fn(attacked(f), x, y, k, **params, **kw)
 
 
 def fixed_draw(attacks: dict) -> list:

@@ -1,9 +1,12 @@
 """jaxdefense.cpu_kernels: plain Flax layers computed the CPU's way, the same values and
 derivatives, one switch, and the transformations the module doc promises."""
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 import pytest
 
 from jaxdefense import attacks, cpu_kernels
@@ -218,7 +221,11 @@ def test_uniform_background_keeps_the_first_maximum():
     np.testing.assert_array_less(jnp.abs(got - ref).reshape(8, -1).max(1), 1e-4 * scale)
 
 
-def test_one_switch_for_attacks_and_training(monkeypatch):
+def test_one_switch_applied_by_the_harness_never_by_the_attacks(monkeypatch):
+    """The attacks are plain JAX; the harness hands them `attacked(f)`, which traces with
+    the kernels where the switch says so (`switched`, `set_default`, else the environment
+    variable)."""
+    from jaxdefense import robustness
     m, v, x = _user_net()
     traces = []
 
@@ -228,28 +235,46 @@ def test_one_switch_for_attacks_and_training(monkeypatch):
 
     y = jnp.argmax(f(x), 1)
     traces.clear()
-    monkeypatch.setenv(cpu_kernels.ENV, "1")
     use = cpu_kernels.use
-    assert use(f) == use(f) and hash(use(f)) == hash(use(f)) and use(use(f)) == use(f)
-    assert use(f, "rounding") != use(f) and use(use(f), "rounding") == use(f, "rounding")
-    adv = attacks.pgd(f, x, y, jax.random.key(0), eps=0.1, steps=3)
-    seen = list(traces)
-    assert seen and all(c == 1 for c in seen)     # traced with the kernels
-    attacks.pgd(f, x, y, jax.random.key(1), eps=0.1, steps=3)
-    assert traces == seen                         # second call: no new trace
+    with cpu_kernels.switched("1"):
+        assert use(f) == use(f) and hash(use(f)) == hash(use(f)) and use(use(f)) == use(f)
+        assert use(f, "rounding") != use(f) and use(use(f), "rounding") == use(f, "rounding")
+        assert cpu_kernels.attacked(f) == use(f, "rounding")
+        adv = attacks.pgd(cpu_kernels.attacked(f), x, y, jax.random.key(0), eps=0.1, steps=3)
+        seen = list(traces)
+        assert seen and all(c == 1 for c in seen)     # traced with the kernels
+        attacks.pgd(cpu_kernels.attacked(f), x, y, jax.random.key(1), eps=0.1, steps=3)
+        assert traces == seen                         # second call: no new trace
+        craft = robustness.craft_fn("pgd", dict(eps=0.1, steps=3), False)
+        np.testing.assert_array_equal(craft(f, x, y, jax.random.key(0)), adv)   # the harness
+        plain = attacks.pgd(f, x, y, jax.random.key(0), eps=0.1, steps=3)
+        assert traces[-1] == 2                        # an attack adds no kernels itself
+    np.testing.assert_allclose(adv, plain, atol=1e-5)
+    with cpu_kernels.switched("0"):
+        assert use(f) is f and cpu_kernels.attacked(f) is f
+        with cpu_kernels.switched("1"):               # the innermost block wins
+            assert use(f) is not f
     monkeypatch.setenv(cpu_kernels.ENV, "0")
     assert use(f) is f
-    plain = attacks.pgd(f, x, y, jax.random.key(0), eps=0.1, steps=3)
-    assert traces[-1] == 2
-    np.testing.assert_allclose(adv, plain, atol=1e-5)
+    cpu_kernels.set_default("1")                      # the process's choice over the variable
+    try:
+        assert use(f) is not f
+    finally:
+        cpu_kernels.set_default(None)
+    assert use(f) is f
     monkeypatch.setenv(cpu_kernels.ENV, "auto")
     assert cpu_kernels.enabled() == (jax.default_backend() == "cpu")
     monkeypatch.setenv(cpu_kernels.ENV, "yes")
     with pytest.raises(ValueError, match="expected one of auto, 1, 0"):
         use(f)
+    with pytest.raises(ValueError, match="expected one of auto, 1, 0"):
+        with cpu_kernels.switched("yes"):
+            pass
+    for module in pathlib.Path(attacks.__file__).parent.glob("*.py"):
+        assert "cpu_kernels" not in module.read_text(), module.name
 
 
-def test_training_computes_with_the_same_kernels(monkeypatch, tmp_path):
+def test_training_computes_with_the_same_kernels(tmp_path):
     """`training.fit` compiles its step through the same switch as the attacks: the step
     is traced with the kernels (no XLA convolution in LeNet-5's step on CPU)."""
     import optax
@@ -265,15 +290,15 @@ def test_training_computes_with_the_same_kernels(monkeypatch, tmp_path):
                             "conv_general_dilated"))
         return training.classifier_step(model)(st, batch, key, hp)
 
-    monkeypatch.setenv(cpu_kernels.ENV, "1")
     x = np.random.default_rng(0).uniform(size=(64, 28, 28, 1)).astype(np.float32)
-    training.fit(state(), step, x, np.arange(64) % 10, epochs=1, batch_size=32,
-                 ckpt_dir=str(tmp_path), seed=0, phase="train", progress=False)
+    with cpu_kernels.switched("1"):
+        training.fit(state(), step, x, np.arange(64) % 10, epochs=1, batch_size=32,
+                     ckpt_dir=str(tmp_path), seed=0, phase="train", progress=False)
     assert convs == [0]                   # traced once, with the kernels
     convs.clear()
-    monkeypatch.setenv(cpu_kernels.ENV, "0")
-    training.fit(state(), step, x, np.arange(64) % 10, epochs=1, batch_size=32,
-                 ckpt_dir=str(tmp_path / "off"), seed=0, phase="train", progress=False)
+    with cpu_kernels.switched("0"):
+        training.fit(state(), step, x, np.arange(64) % 10, epochs=1, batch_size=32,
+                     ckpt_dir=str(tmp_path / "off"), seed=0, phase="train", progress=False)
     assert convs == [2]
 
 

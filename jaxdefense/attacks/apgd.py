@@ -26,7 +26,6 @@ from jaxdefense.attacks.common import (call_logits, check_budget, check_buckets,
                                        on_host, per_target_stages)
 from jaxdefense.attacks.losses import dlr_targeted, get_loss
 from jaxdefense.attacks.norms import get_norm
-from jaxdefense import cpu_kernels
 
 
 def checkpoint_schedule(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +111,7 @@ def apgd(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 100, restar
     """
     _check(eps, steps, x, y, restarts, rho)
     get_loss(loss)
-    f = cpu_kernels.use(logits_fn, "rounding")      # input gradients: XLA's tie rule
-    return _apgd(f, x, y, key, jnp.float32(eps), steps, restarts, loss, rho, eot_samples,
+    return _apgd(logits_fn, x, y, key, jnp.float32(eps), steps, restarts, loss, rho, eot_samples,
                  stochastic, get_norm(norm))
 
 
@@ -158,7 +156,7 @@ def apgd_targeted(logits_fn, x, y, key, *, eps: float = 8 / 255, steps: int = 10
         raise ValueError(f"targets must have shape {y.shape}, got {targets.shape}")
     if buckets is not None:
         check_buckets(buckets)
-    f, norm, eps = cpu_kernels.use(logits_fn, "rounding"), get_norm(norm), jnp.float32(eps)
+    f, norm, eps = logits_fn, get_norm(norm), jnp.float32(eps)
     run = lambda x, y, k, t, n: _apgd_t(f, x, y, k, eps, steps, n, t, restarts, rho,
                                         eot_samples, stochastic, norm)
     if targets is not None or buckets is None or not on_host(x, y, key, eps):

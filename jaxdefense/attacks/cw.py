@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxdefense.attacks.common import check_images
-from jaxdefense import cpu_kernels
 
 _ONE_MINUS_EPS = 0.999999
 _UPPER = 1e10
@@ -83,7 +82,7 @@ def cw_l2(logits_fn, x, y, key=None, *, target=None, confidence: float = 0.0,
     if target is not None and target.shape != y.shape:
         raise ValueError(f"target must have shape {y.shape}, got {target.shape}")
     label = y if target is None else target
-    return _cw_l2(cpu_kernels.use(logits_fn, "rounding"), x, label, target is not None,
+    return _cw_l2(logits_fn, x, label, target is not None,
                   jnp.float32(confidence), jnp.float32(learning_rate), binary_search_steps,
                   max_iterations, abort_early, jnp.float32(initial_const))
 

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from jaxdefense.attacks.common import check_images
 from jaxdefense.attacks.losses import cross_entropy
 from jaxdefense.attacks.norms import get_norm
-from jaxdefense import cpu_kernels
 
 
 _l2 = get_norm("L2").size          # per-sample L2 norm [B]
@@ -43,7 +42,7 @@ def ddn(logits_fn, x, y, key, *, target=None, steps: int = 100, gamma: float = 0
     if target is not None and target.shape != y.shape:
         raise ValueError(f"target must have shape {y.shape}, got {target.shape}")
     label = y if target is None else target
-    return _ddn(cpu_kernels.use(logits_fn, "rounding"), x, label, key, target is not None,
+    return _ddn(logits_fn, x, label, key, target is not None,
                 steps, jnp.float32(gamma), jnp.float32(init_norm), quantize, levels)
 
 

@@ -44,7 +44,6 @@ from jaxdefense.attacks.apgd import ranked_targets
 from jaxdefense.attacks.common import (check_budget, check_buckets, check_images, jit_logits,
                                        on_host, per_target_stages)
 from jaxdefense.attacks.norms import get_norm
-from jaxdefense import cpu_kernels
 
 
 def _take(a, idx):
@@ -225,7 +224,7 @@ def fab_targeted(logits_fn, x, y, key, *, eps: float, norm: str = "Linf", steps:
         raise ValueError(f"targets must have shape {y.shape}, got {targets.shape}")
     if buckets is not None:
         check_buckets(buckets)
-    f, eps = cpu_kernels.use(logits_fn, "rounding"), jnp.float32(eps)
+    f, eps = logits_fn, jnp.float32(eps)
     run = lambda x, y, k, t, n: _fab_t(f, x, y, k, eps, norm.name, steps, n, t, int(restarts),
                                        jnp.float32(alpha_max), jnp.float32(eta),
                                        jnp.float32(beta))

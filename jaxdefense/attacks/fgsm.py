@@ -8,7 +8,6 @@ import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_budget, check_images, loss_and_grad, project_linf
 from jaxdefense.attacks.losses import get_loss
-from jaxdefense import cpu_kernels
 
 
 def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce", eot_samples: int = 1,
@@ -23,8 +22,7 @@ def fgsm(logits_fn, x, y, key=None, *, eps: float, loss: str = "ce", eot_samples
         raise ValueError(f"eot_samples must be >= 1, got {eot_samples}")
     if stochastic and key is None:
         raise ValueError("a stochastic model needs a key")
-    f = cpu_kernels.use(logits_fn, "rounding")      # input gradients: XLA's tie rule
-    return _fgsm(f, x, y, key, jnp.float32(eps), loss, eot_samples, stochastic)
+    return _fgsm(logits_fn, x, y, key, jnp.float32(eps), loss, eot_samples, stochastic)
 
 
 @partial(jax.jit, static_argnames=("logits_fn", "loss", "eot_samples", "stochastic"))

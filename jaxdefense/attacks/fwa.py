@@ -31,7 +31,6 @@ import numpy as np
 
 from jaxdefense.attacks.common import check_budget, check_images
 from jaxdefense.attacks.losses import cross_entropy
-from jaxdefense import cpu_kernels
 
 _INF = 1e6
 
@@ -66,7 +65,7 @@ def fwa(logits_fn, x, y, key=None, *, eps: float, steps: int = 300, kernel: int 
     if not (gamma > 0 and dual_tol > 0):
         raise ValueError(f"gamma and dual_tol must be > 0, got {gamma}, {dual_tol}")
     src, cost = neighbourhood(x.shape[1], x.shape[2], kernel)
-    adv, pi = _fwa(cpu_kernels.use(logits_fn, "rounding"), x, y, jnp.float32(eps), steps,
+    adv, pi = _fwa(logits_fn, x, y, jnp.float32(eps), steps,
                    jnp.asarray(src), jnp.asarray(cost), jnp.float32(gamma), dual_steps,
                    jnp.float32(dual_tol), return_plan)
     return (adv, pi) if return_plan else adv

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_images
-from jaxdefense import cpu_kernels
 
 
 def jsma(logits_fn, x, y, key=None, *, target=None, theta: float = 1.0, gamma: float = 1.0):
@@ -37,7 +36,7 @@ def jsma(logits_fn, x, y, key=None, *, target=None, theta: float = 1.0, gamma: f
                          f"got {None if target is None else target.shape}")
     if theta == 0 or not (0 < gamma <= 1):
         raise ValueError(f"theta must be non-zero and gamma in (0, 1], got {theta}, {gamma}")
-    return _jsma(cpu_kernels.use(logits_fn, "rounding"), x, target, float(theta),
+    return _jsma(logits_fn, x, target, float(theta),
                  float(gamma))
 
 

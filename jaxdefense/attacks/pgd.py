@@ -19,7 +19,6 @@ from jaxdefense.attacks.common import (call_logits, check_budget, check_images, 
                                        keep_best, loss_and_grad)
 from jaxdefense.attacks.losses import get_loss
 from jaxdefense.attacks.norms import get_norm
-from jaxdefense import cpu_kernels
 
 
 def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, steps: int = 10,
@@ -49,7 +48,7 @@ def pgd(logits_fn, x, y, key, *, eps: float, step_size: float | None = None, ste
         raise ValueError(f"target must have shape {y.shape}, got {target.shape}")
     if restarts < 1 or eot_samples < 1:
         raise ValueError(f"restarts and eot_samples must be >= 1, got {restarts}, {eot_samples}")
-    return _pgd(cpu_kernels.use(logits_fn, "rounding"), x, y, key, jnp.float32(eps),
+    return _pgd(logits_fn, x, y, key, jnp.float32(eps),
                 jnp.float32(step_size), steps, random_start, restarts, loss, eot_samples,
                 stochastic, start_std, return_last, get_norm(norm), target)
 

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_images, init_best, keep_best
 from jaxdefense.attacks.losses import cross_entropy
-from jaxdefense import cpu_kernels
 
 
 def roa(logits_fn, x, y, key, *, width: int = 7, height: int = 7, stride: int = 1,
@@ -42,7 +41,7 @@ def roa(logits_fn, x, y, key, *, width: int = 7, height: int = 7, stride: int = 
     if not (1 <= candidates <= n_windows) or steps < 0 or restarts < 1 or step_size < 0:
         raise ValueError(f"candidates must be in 1..{n_windows}, steps and step_size >= 0, "
                          f"restarts >= 1; got {candidates}, {steps}, {step_size}, {restarts}")
-    return _roa(cpu_kernels.use(logits_fn, "rounding"), x, y, key, width, height, stride,
+    return _roa(logits_fn, x, y, key, width, height, stride,
                 candidates, steps, jnp.float32(step_size), restarts, random_start)
 
 

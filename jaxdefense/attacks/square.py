@@ -35,7 +35,6 @@ from jaxdefense.attacks.common import (check_budget, check_buckets, check_images
                                        on_host, on_robust_bucket, project_linf)
 from jaxdefense.attacks.losses import margin
 from jaxdefense.attacks.norms import get_norm
-from jaxdefense import cpu_kernels
 
 _BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _L2 = get_norm("L2")
@@ -85,7 +84,6 @@ def square(logits_fn, x, y, key, *, eps: float = 8 / 255, n_queries: int = 5000,
                              f"are h // 5 wide), got shape {x.shape}")
         table = tuple(map(jnp.asarray, _l2_table(float(p_init), *x.shape[1:])))
     rescale = bool(rescale_schedule)
-    logits_fn = cpu_kernels.use(logits_fn, "rounding")
     eps, p_init = jnp.float32(eps), jnp.float32(p_init)
     ids = jnp.arange(len(x))
     x_best, loss_best = _square_init(logits_fn, x, y, key, eps, ids, norm)

@@ -35,7 +35,6 @@ import optax
 
 from jaxdefense.attacks.common import check_images
 from jaxdefense.attacks.cw import cw_margin
-from jaxdefense import cpu_kernels
 
 FAILED = ("input", "zeros")
 
@@ -88,7 +87,7 @@ def stadv(logits_fn, x, y, key=None, *, target=None, confidence: float = 0.0,
     if target is not None and target.shape != y.shape:
         raise ValueError(f"target must have shape {y.shape}, got {target.shape}")
     label = y if target is None else target
-    return _stadv(cpu_kernels.use(logits_fn, "rounding"), x, label, target is not None,
+    return _stadv(logits_fn, x, label, target is not None,
                   jnp.float32(confidence), jnp.float32(tau), max_iterations, search_steps,
                   jnp.float32(pgtol), jnp.float32(ftol), failed)
 

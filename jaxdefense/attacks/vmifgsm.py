@@ -16,7 +16,6 @@ import jax.numpy as jnp
 
 from jaxdefense.attacks.common import check_budget, check_images, loss_and_grad, project_linf
 from jaxdefense.attacks.losses import get_loss
-from jaxdefense import cpu_kernels
 
 
 def vmifgsm(logits_fn, x, y, key, *, eps: float = 8 / 255, step_size: float = 2 / 255,
@@ -28,7 +27,7 @@ def vmifgsm(logits_fn, x, y, key, *, eps: float = 8 / 255, step_size: float = 2 
     if neighbours < 1 or eot_samples < 1:
         raise ValueError(f"neighbours and eot_samples must be >= 1, got {neighbours}, "
                          f"{eot_samples}")
-    return _vmifgsm(cpu_kernels.use(logits_fn, "rounding"), x, y, key, jnp.float32(eps),
+    return _vmifgsm(logits_fn, x, y, key, jnp.float32(eps),
                     jnp.float32(step_size), steps, jnp.float32(decay), neighbours, jnp.float32(beta), loss, eot_samples,
                     stochastic)
 

@@ -21,11 +21,14 @@ with them on through the models without a 2x2 max pool or a 4x4 stride-2 convolu
 (WideResNet, ResNet-18, the DiffPure score network, IDFR's U-Net, APE-GAN's discriminator;
 not LeNet-5, VGG16-BN, the LVCVAE, APE-GAN's generator, ARN's encoder).
 
-The switch: the environment variable JAXDEFENSE_CPU_KERNELS, read whenever a function is
-wrapped: `auto` (default) on when JAX's default backend is the CPU, off on GPU / TPU; `1`
-always on; `0` off. `training.fit`, the attacks, the evaluation helpers and served models
-(`jaxdefense.load`) wrap what they compile with `use`, so training and attacks compute the
-same formulation.
+The switch, read whenever a function is wrapped: `switched(choice)` (a context manager) or
+`set_default(choice)`, else the environment variable JAXDEFENSE_CPU_KERNELS; `auto`
+(default) on when JAX's default backend is the CPU, off on GPU / TPU; `1` always on; `0`
+off. The attacks are plain JAX and never call this module: the harness applies it where it
+compiles. `training.fit` (the step), the evaluation helpers and served models
+(`jaxdefense.load`) wrap what they compile with `use`; whatever hands a logits function to
+an attack (`robustness.craft_fn`, adversarial training's example makers) hands it over as
+`attacked(fn)`, so training and attacks compute the same formulation.
 
 Max-pool ties, the one setting (`use(fn, ties=...)`): the banded product rounds the equal
 patches of a uniform background (MNIST's) a few ulps apart, so which element of a tied
@@ -54,14 +57,37 @@ ENV = "JAXDEFENSE_CPU_KERNELS"
 CHOICES = ("auto", "1", "0")
 TIES = {"exact": 0.0, "rounding": pool.TIE_RTOL}     # `use(fn, ties=...)`: the pool's rtol
 _pool_rtol = contextvars.ContextVar("jaxdefense_cpu_kernels_pool_rtol", default=0.0)
+_choice = contextvars.ContextVar("jaxdefense_cpu_kernels_choice", default=None)
+_default = [None]       # set_default's choice; None: the environment variable's
+
+
+def _checked(choice: str, where: str) -> str:
+    if choice not in CHOICES:
+        raise ValueError(f"{where}={choice!r}: expected one of {', '.join(CHOICES)}")
+    return choice
 
 
 def enabled() -> bool:
-    """Whether `use` turns the kernels on (JAXDEFENSE_CPU_KERNELS; module doc)."""
-    choice = os.environ.get(ENV, "auto")
-    if choice not in CHOICES:
-        raise ValueError(f"{ENV}={choice!r}: expected one of {', '.join(CHOICES)}")
+    """Whether `use` turns the kernels on: the innermost `switched`, else `set_default`'s
+    choice, else JAXDEFENSE_CPU_KERNELS (module doc)."""
+    choice = _choice.get() or _default[0] or _checked(os.environ.get(ENV, "auto"), ENV)
     return choice == "1" or (choice == "auto" and jax.default_backend() == "cpu")
+
+
+@contextlib.contextmanager
+def switched(choice: str):
+    """Within the block, `use` (and `attacked`) follow `choice`: 'auto', '1' or '0'."""
+    token = _choice.set(_checked(choice, "switched"))
+    try:
+        yield
+    finally:
+        _choice.reset(token)
+
+
+def set_default(choice):
+    """The process's choice ('auto', '1', '0') outside any `switched` block; None goes back
+    to JAXDEFENSE_CPU_KERNELS."""
+    _default[0] = None if choice is None else _checked(choice, "set_default")
 
 
 def _plain(mod, cls) -> bool:
@@ -193,4 +219,11 @@ def use(fn, ties: str = "exact"):
     return _Use(fn, ties)
 
 
-__all__ = ["CHOICES", "ENV", "TIES", "conv", "enabled", "kernels", "pool", "use"]
+def attacked(fn):
+    """`fn` as an attack differentiates it: `use(fn, ties="rounding")` (module doc). Whatever
+    hands a logits function to an attack wraps it with this; the attacks do not."""
+    return use(fn, "rounding")
+
+
+__all__ = ["CHOICES", "ENV", "TIES", "attacked", "conv", "enabled", "kernels", "pool",
+           "set_default", "switched", "use"]

@@ -10,7 +10,7 @@ any order (GRFD's L_rb differentiates the input gradient again), no forward mode
 TIE_RTOL undoes the rounding of a convolution computed in another summation order
 (`conv.conv_banded`), which leaves the equal patches of a uniform background a few ulps
 apart: the input gradient then goes where XLA's convolution would have sent it (the
-attacks use it; `cpu_kernels.use(..., ties="rounding")`).
+harness hands the attacks `cpu_kernels.attacked(f)`, which is `use(f, ties="rounding")`).
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import jax
 
 from jaxdefense import config
 from jaxdefense.attacks.roa import roa
+from jaxdefense.cpu_kernels import attacked
 from jaxdefense.config import CLASSIFIER_PRESETS, SMOKE, ExperimentConfig
 from jaxdefense.defenses import standard
 from jaxdefense.training import classifier_step
@@ -82,7 +83,7 @@ def make_step(cfg: DOAConfig):
     def step(state, batch, key, hparams):
         x, y = batch
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        x_adv = roa(lambda xi: model.apply(variables, xi, train=False), x, y,
+        x_adv = roa(attacked(lambda xi: model.apply(variables, xi, train=False)), x, y,
                     jax.random.fold_in(key, 7), **params)
         return base(state, (jax.lax.stop_gradient(x_adv), y), key, hparams)
     return step

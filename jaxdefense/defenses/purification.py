@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from jaxdefense import config, evaluation, files, plots, summaries
 from jaxdefense.attacks import ddn, fgsm, pgd
+from jaxdefense.cpu_kernels import attacked
 from jaxdefense.checkpoint import CheckpointError, load_config, restore_variables
 from jaxdefense.config import ExperimentConfig
 from jaxdefense.data import padded_batches
@@ -173,6 +174,7 @@ def craft_one(logits_fn, x, y, key, name: str, cfg: PurificationConfig):
     """One seen attack on a batch: untargeted PGD, PGD toward a random wrong class, FGSM,
     or untargeted DDN (advertorch's defaults: 100 steps, gamma 0.05; ARN's 'DP' purifiers
     see it; an L2 minimum-norm attack, not bounded by attack_eps)."""
+    logits_fn = attacked(logits_fn)
     if name == "fgsm":
         return fgsm(logits_fn, x, y, key, eps=cfg.attack_eps)
     if name == "ddn":

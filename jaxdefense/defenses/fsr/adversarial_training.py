@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdefense.attacks import pgd
+from jaxdefense.cpu_kernels import attacked
 from jaxdefense.defenses.fsr.core import top_wrong_class
 
 METHODS = ("at", "trades", "mart")
@@ -57,13 +58,13 @@ def craft(eval_logits_fn: Callable, x, y, key, method: str, eps: float, step_siz
           steps: int):
     """Training examples for `method` against the evaluation-mode model (no gradient flows
     into the parameters through them)."""
+    f = attacked(eval_logits_fn)
     if method == "trades":
         p_clean = jax.lax.stop_gradient(jax.nn.softmax(eval_logits_fn(x)))
-        return pgd(eval_logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps,
+        return pgd(f, x, y, key, eps=eps, step_size=step_size, steps=steps,
                    loss=lambda logits, _: kl_to(p_clean, logits), start_std=0.001,
                    return_last=True)
-    return pgd(eval_logits_fn, x, y, key, eps=eps, step_size=step_size, steps=steps,
-               return_last=True)
+    return pgd(f, x, y, key, eps=eps, step_size=step_size, steps=steps, return_last=True)
 
 
 def adversarial_step(model, method: str, *, eps: float, step_size: float, steps: int,
