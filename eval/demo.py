@@ -23,7 +23,7 @@ import time
 import jax
 
 from jaxdefense import data, files
-from jaxdefense.tables import engine, grfd, record
+from jaxdefense.tables import grfd, measure, planning, record
 from jaxdefense.checkpoint import CheckpointError
 from jaxdefense.cli import setup_process
 
@@ -82,20 +82,20 @@ def main(argv=None) -> int:
     start = time.time()
     try:
         attacks = grfd.attacks("digits", args.max_steps, None, ATTACKS)
-        plan = engine.plan(grfd.TABLE3, args.workdir, "digits", False,
-                           dict(TRAINING, seed=args.seed), {}, set(COLUMNS),
-                           examples=args.examples)
-        workdirs = engine.train(plan)
+        plan = planning.plan(grfd.TABLE3, args.workdir, "digits", False,
+                             dict(TRAINING, seed=args.seed), {}, set(COLUMNS),
+                             examples=args.examples)
+        workdirs = planning.train(plan)
         ds = data.load("digits", plan["standard"].cfg.eval_split).take(args.examples)
     except (CheckpointError, data.DatasetError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     trained = time.time() - start
     store = record.Record(os.path.join(args.workdir, "columns"), "grfd", "3", "digits")
-    columns = engine.evaluate(grfd.TABLE3, workdirs, "digits", ds.x, ds.y, attacks,
-                              jax.random.key(args.seed), only=set(COLUMNS), store=store,
-                              crafts_root=os.path.join(args.workdir, "columns"),
-                              run_checks=False)
+    columns = measure.evaluate(grfd.TABLE3, workdirs, "digits", ds.x, ds.y, attacks,
+                               jax.random.key(args.seed), only=set(COLUMNS), store=store,
+                               crafts_root=os.path.join(args.workdir, "columns"),
+                               run_checks=False)
     published = grfd.TABLE3.published("digits")["values"]
     text = short_table(columns, published, len(ds), attacks)
     total = time.time() - start

@@ -33,7 +33,7 @@ import jax
 from jaxdefense import data, files, preemption, robustness, tables
 from jaxdefense.checkpoint import CheckpointError
 from jaxdefense.cli import setup_process
-from jaxdefense.tables import engine, record
+from jaxdefense.tables import measure, planning, protocols, record, rendering, stamps
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="EOT draws per gradient on randomized systems (default: 20; --smoke: 2)")
     p.add_argument("--eval_draws", type=int, default=None,
                    help="randomized systems count an example only if right on every one of "
-                        f"this many draws (default: {engine.EVAL_DRAWS}; --smoke: 2)")
+                        f"this many draws (default: {protocols.EVAL_DRAWS}; --smoke: 2)")
     p.add_argument("--checks", type=int, default=1,
                    help="sanity checks per system: white-box <= papers' protocol, accuracy "
                         "falls with eps, unbounded PGD reaches chance (default: 1)")
@@ -168,7 +168,7 @@ def run(spec, args) -> int:
         overrides = _overrides(args, user)
         max_steps = args.max_steps if args.max_steps is not None else (5 if args.smoke else None)
         eot = args.eot_samples if args.eot_samples is not None else (2 if args.smoke else None)
-        draws = args.eval_draws or (2 if args.smoke else engine.EVAL_DRAWS)
+        draws = args.eval_draws or (2 if args.smoke else protocols.EVAL_DRAWS)
         if draws < 1 or (eot is not None and eot < 1):
             raise ValueError("--eval_draws and --eot_samples must be >= 1")
         names = None if args.attacks is None else [a.strip() for a in args.attacks.split(",")
@@ -177,39 +177,39 @@ def run(spec, args) -> int:
         check_pgd = check_settings(spec, args.dataset, max_steps, eot)
         store = record.Record(args.record or os.path.join(root, "record"), spec.paper,
                               spec.table, args.dataset)
-        plan = lambda given: engine.plan(spec, root, args.dataset, args.smoke,  # noqa: E731
-                                         overrides, given, only, tuple(user), args.examples)
+        plan = lambda given: planning.plan(spec, root, args.dataset, args.smoke,  # noqa: E731
+                                           overrides, given, only, tuple(user), args.examples)
         planned = plan(existing)
         committed = committed_models(store, planned, existing)
         if committed:
             planned = plan({**existing, **committed})
-        workdirs = keep_models(store, engine.train(planned), spec.source, argv_text(args))
+        workdirs = keep_models(store, planning.train(planned), spec.source, argv_text(args))
         from jaxdefense.checkpoint import load_config
         std = load_config(workdirs[spec.source])[1]
         ds = data.load(args.dataset, std["eval_split"], std["data_dir"]).take(args.examples)
     except (CheckpointError, data.DatasetError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    columns = engine.evaluate(spec, workdirs, args.dataset, ds.x, ds.y, attacks,
-                              jax.random.key(args.seed), args.batch_size, only=only,
-                              store=store, crafts_root=os.path.join(root, "columns"),
-                              eval_draws=draws, run_checks=bool(args.checks),
-                              check_pgd=check_pgd,
-                              data={"split": std["eval_split"], "data_dir": std["data_dir"]})
+    columns = measure.evaluate(spec, workdirs, args.dataset, ds.x, ds.y, attacks,
+                               jax.random.key(args.seed), args.batch_size, only=only,
+                               store=store, crafts_root=os.path.join(root, "columns"),
+                               eval_draws=draws, run_checks=bool(args.checks),
+                               check_pgd=check_pgd,
+                               data={"split": std["eval_split"], "data_dir": std["data_dir"]})
     values = spec.published(args.dataset)
     result = dict(paper=spec.paper, table=spec.table, dataset=args.dataset, examples=len(ds),
                   split=std["eval_split"],
                   preset=spec.preset(args.dataset) if spec.preset else None, attacks=attacks,
                   eot_samples=eot or robustness.EOT_SAMPLES, eval_draws=draws,
                   max_steps=max_steps, columns=columns, paper_values=values,
-                  difference=engine.differences(spec, columns, values["values"],
-                                                len(attacks) == len(spec.attack_order)))
-    text = engine.markdown(spec, result)
+                  difference=rendering.differences(spec, columns, values["values"],
+                                                   len(attacks) == len(spec.attack_order)))
+    text = rendering.markdown(spec, result)
     print("\n" + text)
     os.makedirs(root, exist_ok=True)
     files.write_text(os.path.join(root, f"{spec.stem}.md"), text)
     files.write_json(os.path.join(root, f"{spec.stem}.json"), result)
-    print(f"wrote {engine.figure(spec, os.path.join(root, f'{spec.stem}.png'), result)}")
+    print(f"wrote {rendering.figure(spec, os.path.join(root, f'{spec.stem}.png'), result)}")
     return 0
 
 
@@ -297,14 +297,14 @@ def replay_all(args) -> int:
                 failed += 1
                 continue
             problems = []
-            if engine.examples_digest(ds.x, ds.y) != ident["examples"]:
+            if stamps.examples_digest(ds.x, ds.y) != ident["examples"]:
                 problems.append("the examples differ from the recorded ones")
             for r, w in workdirs.items():
                 if checkpoint.model_digest(w) != ident["runs"][r]:
                     problems.append(f"model {r} ({w}) differs from the one measured")
             diffs = []
             if not problems:
-                reports = engine.system_reports(*engine.system_models(
+                reports = protocols.system_reports(*protocols.system_models(
                     spec, system, models, store.dataset, ident["eval_draws"]))
                 diffs = record.replay(reports, ds.x, ds.y, record.key_from(ident["key"]),
                                       ident["attacks"], rec["replay_attacks"],
@@ -357,7 +357,7 @@ def render(args) -> int:
 
 
 def render_record(store, folder: str) -> str:
-    """The table of a record (`engine.markdown`, headings two levels down), each column's
+    """The table of a record (`rendering.markdown`, headings two levels down), each column's
     provenance under it; stale columns marked."""
     spec = tables.get(store.paper, store.table)
     recs = store.columns()
@@ -375,7 +375,7 @@ def render_record(store, folder: str) -> str:
                  preset=spec.preset(store.dataset) if spec.preset else None,
                  eot_samples=eot or robustness.EOT_SAMPLES, eval_draws=first["eval_draws"],
                  columns=columns, paper_values=spec.published(store.dataset))
-    text = engine.markdown(spec, table)
+    text = rendering.markdown(spec, table)
     text = "\n".join("##" + ln if ln.startswith("#") else ln for ln in text.splitlines())
     lines = [text.rstrip(), "", f"Rendered from `{folder}` (`python -m eval.table "
              f"--render={folder}`); each column as recorded:"]

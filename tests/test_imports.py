@@ -10,7 +10,7 @@ import atexit, matplotlib
 import jax, numpy, flax, optax, orbax.checkpoint, tensorboardX, matplotlib.figure  # theirs first
 before = (matplotlib.rcParams._get("backend"), atexit._ncallbacks())
 import jaxdefense, jaxdefense.plots, jaxdefense.summaries, jaxdefense.robustness
-import jaxdefense.tables.engine, eval.table
+import jaxdefense.tables.measure, eval.table
 after = (matplotlib.rcParams._get("backend"), atexit._ncallbacks())
 assert before == after, (before, after)
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 
 import jaxdefense
 from jaxdefense import data
-from jaxdefense.tables import engine, grfd
+from jaxdefense.tables import grfd, planning
 from jaxdefense.defenses import registry
 
 SURFACE = ("Config", "PRESETS", "preset", "train_and_evaluate", "build", "restore", "serve")
@@ -49,7 +49,7 @@ def test_train_commands_and_the_table_read_the_registry(tmp_path):
         with pytest.raises(SystemExit) as e:
             cmd.main(["--help"])
         assert e.value.code == 0
-    planned = engine.plan(grfd.TABLE3, str(tmp_path), "digits", True, {}, {})
+    planned = planning.plan(grfd.TABLE3, str(tmp_path), "digits", True, {}, {})
     assert set(planned) == set(grfd.TABLE3.runs)
     for run, p in planned.items():
         assert p.defense == grfd.TABLE3.runs[run].defense

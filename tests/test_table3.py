@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxdefense import files, robustness
-from jaxdefense.tables import engine, grfd, record, spec
+from jaxdefense.tables import (grfd, measure, planning, protocols, record, rendering, spec,
+                               stamps)
 from jaxdefense.defended import DefendedClassifier
 from tests.conftest import REPO, run_env
 
@@ -28,17 +29,19 @@ def test_each_column_is_attacked_under_its_protocol():
                     "smoothing", stochastic=True)
     models = {"standard": none, "grfd": defended, "smoothing": smooth, "gradreg": none}
     cols = {c.name: c for c in grfd.TABLE3.systems}
-    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["grfd"], models, "mnist")
+    paper, adaptive, threat = protocols.system_models(grfd.TABLE3, cols["grfd"], models, "mnist")
     assert threat == "transfer" and paper.source is none.logits_fn
     assert adaptive.served is defended.logits_fn and not adaptive.stochastic
-    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["smoothing"], models,
-                                                   "mnist")
+    paper, adaptive, threat = protocols.system_models(grfd.TABLE3, cols["smoothing"], models,
+                                                      "mnist")
     x = jnp.ones((3, 2, 2, 1))
     assert threat == "transfer" and adaptive.stochastic
     np.testing.assert_array_equal(paper.source(x), paper.source(x))     # one fixed draw
-    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["gradreg"], models, "mnist")
+    paper, adaptive, threat = protocols.system_models(grfd.TABLE3, cols["gradreg"], models,
+                                                      "mnist")
     assert threat == "whitebox" and paper is adaptive
-    paper, adaptive, threat = engine.system_models(grfd.TABLE3, cols["bdr"], models, "mnist")
+    paper, adaptive, threat = protocols.system_models(grfd.TABLE3, cols["bdr"], models,
+                                                      "mnist")
     # bits:1 on MNIST: the served forward pass is the same; only the adaptive one has BPDA
     xs = jnp.full((1, 2, 2, 1), 0.3)
     np.testing.assert_array_equal(paper.served(xs), adaptive.served(xs))
@@ -61,7 +64,7 @@ def test_markdown_layout_and_paper_values(tmp_path):
               "eval_draws": 3, "eot_samples": 7,
               "paper_values": {"source": "S", "note": "",
                                "values": {"grfd": {"pgd": 0.912, "avg": 0.9}}}}
-    text = engine.markdown(grfd.TABLE3, result)
+    text = rendering.markdown(grfd.TABLE3, result)
     lines = text.splitlines()
     assert "every one of 3 draws" in text and "7 EOT draws" in text
     header = next(l for l in lines if l.startswith("| |"))
@@ -78,13 +81,14 @@ def test_markdown_layout_and_paper_values(tmp_path):
     assert "Sanity checks: 1 of 2 passed; failed:" in text
     assert "- F.S.: white-box <= papers' protocol (PGD): 95.4 vs 95.0" in text
     # a subset's average is not the paper's five-attack average: no paper value beside it
-    sub = engine.markdown(grfd.TABLE3, {**result, "attacks": {"fgsm": {}, "pgd": {}}})
+    sub = rendering.markdown(grfd.TABLE3, {**result, "attacks": {"fgsm": {}, "pgd": {}}})
     assert next(l for l in sub.splitlines() if l.startswith("| Avg (2 attacks) |")).endswith("| 30.0 |")
-    diff = engine.differences(grfd.TABLE3, columns, result["paper_values"]["values"])
+    diff = rendering.differences(grfd.TABLE3, columns, result["paper_values"]["values"])
     assert diff["grfd"]["paper"] == pytest.approx({"pgd": 0.25 - 0.912, "avg": 0.3 - 0.9})
     assert diff["none"] == {"paper": {}, "adaptive": {}}
-    assert "avg" not in engine.differences(grfd.TABLE3, columns, result["paper_values"]["values"],
-                                           shown_avg=False)["grfd"]["paper"]
+    assert "avg" not in rendering.differences(grfd.TABLE3, columns,
+                                              result["paper_values"]["values"],
+                                              shown_avg=False)["grfd"]["paper"]
 
 
 def test_figure_puts_published_bars_beside_measured(tmp_path, monkeypatch):
@@ -97,12 +101,12 @@ def test_figure_puts_published_bars_beside_measured(tmp_path, monkeypatch):
                for c in grfd.TABLE3.systems}
     result = {"dataset": "mnist", "examples": 8, "columns": columns,
               "paper_values": grfd.TABLE3.published("mnist")}
-    engine.figure(grfd.TABLE3, str(tmp_path / "t.png"), result)
+    rendering.figure(grfd.TABLE3, str(tmp_path / "t.png"), result)
     names = list(seen)
     assert names.index("published avg") == names.index("papers' protocol, avg (measured)") + 1
     assert seen["published avg"][-1] == pytest.approx(0.9369)          # GRFD, MNIST
     monkeypatch.undo()
-    assert engine.figure(grfd.TABLE3, str(tmp_path / "t.png"), result) and \
+    assert rendering.figure(grfd.TABLE3, str(tmp_path / "t.png"), result) and \
         (tmp_path / "t.png").stat().st_size > 1000
 
 
@@ -154,7 +158,7 @@ def test_every_column_builds_for_every_dataset(tmp_path):
     import importlib
     for dataset in grfd.DATASETS:
         for smoke in (False, True):
-            plan = engine.plan(grfd.TABLE3, str(tmp_path / dataset), dataset, smoke, {}, {})
+            plan = planning.plan(grfd.TABLE3, str(tmp_path / dataset), dataset, smoke, {}, {})
             assert set(plan) == {c.run for c in grfd.TABLE3.systems}
             for p in plan.values():
                 assert p.cfg.dataset == dataset and p.workdir.startswith(str(tmp_path))
@@ -177,8 +181,8 @@ def _saved(workdir, defense, finished=True, **fields):
 def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
     root = tmp_path / "t"
     _saved(root / "standard", "standard", epochs=1)
-    plan = lambda **kw: engine.plan(grfd.TABLE3, str(root), "digits", True, kw.pop("over", {}),
-                                            kw.pop("existing", {}), **kw)
+    plan = lambda **kw: planning.plan(grfd.TABLE3, str(root), "digits", True,
+                                      kw.pop("over", {}), kw.pop("existing", {}), **kw)
     assert plan(over={"epochs": 1}, only={"none"})["standard"].cfg.epochs == 1
     with pytest.raises(ValueError, match=r"other settings \{'epochs': '1 -> 3'\}"):
         plan(over={"epochs": 3}, only={"none"})                    # finished, then --epochs
@@ -199,12 +203,12 @@ def test_the_plan_refuses_what_would_be_silently_wrong(tmp_path):
 
 def test_training_rows_never_include_the_attacked_examples():
     mnist = str(REPO.parent / "shared" / "data" / "mnist")
-    engine.check_disjoint("mnist", mnist, "test[:8000]", None, "test[8000:]", 1000, "none")
-    engine.check_disjoint("digits", None, "train", None, "test", 1000, "none")
+    planning.check_disjoint("mnist", mnist, "test[:8000]", None, "test[8000:]", 1000, "none")
+    planning.check_disjoint("digits", None, "train", None, "test", 1000, "none")
     with pytest.raises(ValueError, match="holds 100 of the 500 attacked examples"):
-        engine.check_disjoint("mnist", mnist, "test[:8000]", None, "test[7900:]", 500, "grfd")
+        planning.check_disjoint("mnist", mnist, "test[:8000]", None, "test[7900:]", 500, "grfd")
     # a limit keeps the training rows clear of them
-    engine.check_disjoint("mnist", mnist, "test", 7900, "test[7900:]", 500, "grfd")
+    planning.check_disjoint("mnist", mnist, "test", 7900, "test[7900:]", 500, "grfd")
 
 
 def test_adaptive_row_is_the_per_example_worst_over_both_protocols():
@@ -214,7 +218,7 @@ def test_adaptive_row_is_the_per_example_worst_over_both_protocols():
     adaptive = {"clean": 1.0, "per_example": {"clean": t(1, 1, 1, 1),
                                               "whitebox/pgd": t(1, 1, 0, 1),
                                               "whitebox/fgsm": t(0, 1, 1, 1)}}
-    row = engine.combine(grfd.TABLE3, paper, adaptive)
+    row = measure.combine(grfd.TABLE3, paper, adaptive)
     assert row["pgd"] == 0.5 and row["fgsm"] == 0.75      # the transferred PGD counts too
     assert row["worst_case"] == 0.25 and row["avg"] == pytest.approx(0.625)
     assert row["clean"] == 1.0
@@ -227,7 +231,7 @@ def test_column_checks_flag_what_is_wrong():
     x = np.asarray(np.random.default_rng(1).uniform(size=(16, 2, 2, 1)), np.float32)
     y = np.asarray(jnp.argmax(linear(x), 1))
     pgd = dict(eps=0.1, step_size=0.025, steps=5, eot_samples=2)
-    checks = lambda f, wb, pp: {c["check"]: c["passed"] for c in engine.checks(
+    checks = lambda f, wb, pp: {c["check"]: c["passed"] for c in measure.checks(
         grfd.TABLE3, robustness.Models(served=f), x, y, jax.random.key(0), pgd, wb, pp, 10)}
     ok = checks(linear, {"pgd": 0.2}, {"pgd": 0.3})
     assert all(ok.values()) and len(ok) == 3, ok
@@ -271,11 +275,11 @@ def test_every_randomized_column_is_scored_on_the_same_draws():
     models = {"standard": none, "smoothing": smooth, "diffpure": diff}
     cols = {c.name: c for c in grfd.TABLE3.systems}
     for name in ("smoothing", "diffpure"):
-        paper, adaptive, _ = engine.system_models(grfd.TABLE3, cols[name], models, "mnist",
-                                                  eval_draws=3)
+        paper, adaptive, _ = protocols.system_models(grfd.TABLE3, cols[name], models, "mnist",
+                                                     eval_draws=3)
         assert paper.eval_draws == adaptive.eval_draws == 3 and adaptive.stochastic
-    paper, adaptive, _ = engine.system_models(grfd.TABLE3, cols["fs"], models, "mnist",
-                                              eval_draws=3)
+    paper, adaptive, _ = protocols.system_models(grfd.TABLE3, cols["fs"], models, "mnist",
+                                                 eval_draws=3)
     assert adaptive.eval_draws == 1
 
 
@@ -309,7 +313,7 @@ def test_a_column_is_measured_again_only_when_what_it_depends_on_changed(tmp_pat
     x, y, key = np.zeros((4, 2, 2, 1), np.float32), np.arange(4), jax.random.key(0)
     attacks = grfd.attacks("mnist", 5, 2, ["fgsm", "pgd"])
     stamp = lambda c="cdvae", x=x, attacks=attacks, key=key, batch=256, draws=4: \
-        record.stamp(engine.identity(grfd.TABLE3, col[c], runs, "mnist", x, y, attacks, key,
+        record.stamp(stamps.identity(grfd.TABLE3, col[c], runs, "mnist", x, y, attacks, key,
                                      batch, draws, True))
     base = stamp()
     assert stamp() == base

@@ -11,7 +11,7 @@ import pytest
 
 from jaxdefense import robustness, tables
 from jaxdefense.defenses import registry
-from jaxdefense.tables import arn, engine
+from jaxdefense.tables import arn, measure, planning, protocols, rendering, stamps
 from tests.conftest import REPO
 
 SHARED = REPO.parent / "shared" / "data" / "arn-paper"
@@ -33,7 +33,7 @@ def test_every_spec_names_registered_runs_labels_and_published_cells():
             values = spec.published(dataset)["values"]
             assert set(values) <= {s.name for s in spec.systems}
             for row in values.values():
-                assert set(row) <= set(engine.rows(spec)) and all(0 <= v <= 1 for v in row.values())
+                assert set(row) <= set(rendering.rows(spec)) and all(0 <= v <= 1 for v in row.values())
     with pytest.raises(ValueError, match="no table arn 9"):
         tables.get("arn", "9")
 
@@ -129,7 +129,7 @@ def test_each_protocol_attacks_what_it_should():
     x = jax.random.uniform(jax.random.key(3), (2, 4, 4, 1))
 
     def protocol(system):
-        return engine.system_models(spec, system, models, "mnist")
+        return protocols.system_models(spec, system, models, "mnist")
 
     paper, adaptive, threat = protocol(tables.spec.System("s", "S", "arn_pp", "target-only"))
     assert threat == "target-only" and paper.classifier is classifier
@@ -142,9 +142,9 @@ def test_each_protocol_attacks_what_it_should():
     g = jax.grad(lambda a: paper.source(a)[0, 0])(x)
     g_flat = jax.grad(lambda a: served(a)[0, 0])(x)
     assert float(jnp.abs(g).sum()) > 0 and float(jnp.abs(g_flat).sum()) == 0
+    t4 = tables.get("arn", "4")
     with pytest.raises(ValueError, match="serves no 'purify' stage"):
-        engine.system_models(tables.get("arn", "4"), tables.get("arn", "4").system("apegan_pp"),
-                             models, "mnist")
+        protocols.system_models(t4, t4.system("apegan_pp"), models, "mnist")
 
 
 def test_arn_layout_shows_errors_with_the_published_value():
@@ -154,7 +154,7 @@ def test_arn_layout_shows_errors_with_the_published_value():
                for s in spec.systems}
     table = {"dataset": "mnist", "examples": 1000, "columns": columns,
              "paper_values": spec.published("mnist"), "attacks": spec.attacks("mnist", 5, 2)}
-    text = engine.markdown(spec, table)
+    text = rendering.markdown(spec, table)
     lines = text.splitlines()
     header = next(l for l in lines if l.startswith("| |"))
     assert header.split("|")[2:-1] == [" None (clean) ", *(f" {spec.labels[a]} "
@@ -169,22 +169,22 @@ def test_arn_layout_shows_errors_with_the_published_value():
     assert "error in %" in text and "Avg" not in text
     # randomized systems: the attacks without EOT are named, not claimed to have it
     assert "except CW_N, DDN_N and JSMA_T, which see one fixed draw." in text
-    diff = engine.differences(spec, columns, spec.published("mnist")["values"])
+    diff = rendering.differences(spec, columns, spec.published("mnist")["values"])
     assert diff["arn_pp"]["paper"]["pgd"] == pytest.approx(0.5 - 0.9815)
 
 
 def test_the_plan_builds_every_arn_run_with_its_seen_attacks(tmp_path):
-    plan = engine.plan(tables.get("arn", "1"), str(tmp_path), "digits", True, {}, {})
+    plan = planning.plan(tables.get("arn", "1"), str(tmp_path), "digits", True, {}, {})
     assert list(plan)[0] == "none" and set(plan) == set(arn.RUNS)
     assert plan["apegan_dp"].cfg.seen_attacks == "ddn,pgd"
     assert plan["arn_pp"].cfg.seen_attacks == "pgd,pgd_targeted"
     assert plan["at_pgd"].cfg.fsr is False and plan["at_pgd"].cfg.method == "at"
     assert plan["arn_dp"].cfg.target_workdir == str(tmp_path / "none")
-    only = engine.plan(tables.get("arn", "1"), str(tmp_path), "digits", True, {}, {},
-                       only={"arn_dp"})
+    only = planning.plan(tables.get("arn", "1"), str(tmp_path), "digits", True, {}, {},
+                         only={"arn_dp"})
     assert list(only) == ["none", "arn_dp"]
     with pytest.raises(ValueError, match="has no cifar10 setting"):
-        engine.plan(tables.get("arn", "1"), str(tmp_path), "cifar10", True, {}, {})
+        planning.plan(tables.get("arn", "1"), str(tmp_path), "cifar10", True, {}, {})
 
 
 def test_a_stopped_system_resumes_from_its_finished_batches(tmp_path, monkeypatch):
@@ -217,9 +217,9 @@ def test_a_stopped_system_resumes_from_its_finished_batches(tmp_path, monkeypatc
     x = jnp.zeros((4, 4, 4, 1))
     y = jnp.zeros((4,), jnp.int32)
     store = record.Record(str(tmp_path / "c"), "arn", "4", "mnist")
-    out = engine.evaluate(spec, workdirs, "mnist", x, y, spec.attacks("mnist", 2, 2),
-                          jax.random.key(0), only={"arn_pp"}, store=store,
-                          run_checks=False, progress=False)
+    out = measure.evaluate(spec, workdirs, "mnist", x, y, spec.attacks("mnist", 2, 2),
+                           jax.random.key(0), only={"arn_pp"}, store=store,
+                           run_checks=False, progress=False)
     assert out["arn_pp"]["status"] == "measured"
     assert [os.path.basename(p) for p in seen] == ["paper", "adaptive"]
     parent = os.path.dirname(seen[0])
@@ -234,7 +234,7 @@ def test_grfd_experiments_plan_one_run_per_setting_and_share_the_papers_run(tmp_
     paper's settings; the paper's weights are Table 3's run ('grfd'), trained once under a
     shared root; published cells come from the packaged paper values."""
     from jaxdefense.tables import grfd
-    t2 = engine.plan(tables.get("grfd", "2"), str(tmp_path), "digits", True, {}, {})
+    t2 = planning.plan(tables.get("grfd", "2"), str(tmp_path), "digits", True, {}, {})
     weights = {n: (p.cfg.epsilon, p.cfg.gamma, p.cfg.delta) for n, p in t2.items()
                if p.defense == "grfd"}
     assert len(weights) == 11 and weights["grfd"] == (0.6, 0.4, 0.2)
@@ -243,17 +243,17 @@ def test_grfd_experiments_plan_one_run_per_setting_and_share_the_papers_run(tmp_
     pub = tables.get("grfd", "2").published("mnist")["values"]
     assert pub["grfd_e0.6_g0.4_d0.0"]["pgd"] == pytest.approx(0.6757)
     assert pub["none"]["autoattack"] == pytest.approx(0.3847)
-    a = engine.plan(tables.get("grfd", "fig4a"), str(tmp_path), "digits", True, {}, {})
+    a = planning.plan(tables.get("grfd", "fig4a"), str(tmp_path), "digits", True, {}, {})
     assert (a["grfd_case2"].cfg.gamma, a["grfd_case2"].cfg.delta) == (0.0, 0.0)
     assert a["grfd_case3"].cfg.epsilon == 0.0 and a["grfd"].cfg.epsilon == 0.6
-    b = engine.plan(tables.get("grfd", "fig4b"), str(tmp_path), "digits", True, {}, {})
+    b = planning.plan(tables.get("grfd", "fig4b"), str(tmp_path), "digits", True, {}, {})
     assert [b[f"grfd_frac{f}"].cfg.train_fraction for f in (0.1, 0.25, 0.5)] == [0.1, 0.25, 0.5]
     assert b["grfd"].cfg.train_fraction == 1.0 and b["grfd"].workdir == t2["grfd"].workdir
     assert tables.get("grfd", "fig4b").published("mnist")["values"]["grfd_frac0.1"] == {
         "clean": pytest.approx(0.952), "avg": pytest.approx(0.8732)}
     assert tables.get("grfd", "fig4a").stem == "grfd-fig4a"
     with pytest.raises(ValueError, match="cifar10"):
-        engine.plan(tables.get("grfd", "2"), str(tmp_path), "cifar10", True, {}, {})
+        planning.plan(tables.get("grfd", "2"), str(tmp_path), "cifar10", True, {}, {})
     assert grfd.TABLES["3"] is tables.get("grfd", "3")
 
 
@@ -291,34 +291,36 @@ def test_systems_attacking_one_model_craft_once(tmp_path, monkeypatch):
     y = jnp.argmax(_net(x), 1)
     attacks = spec.attacks("mnist", 2, 2)
 
+    from jaxdefense.cpu_kernels import attacked     # as the harness hands it over
     from jaxdefense.tables import record
 
-    def measure(only, cache):
+    def run(only, cache):
         calls.clear()
-        return engine.evaluate(spec, workdirs, "mnist", x, y, attacks, jax.random.key(0),
-                               batch_size=4, only=only,
-                               store=record.Record(str(tmp_path / cache), "arn", "1", "mnist"),
-                               crafts_root=str(tmp_path / cache),
-                               run_checks=False, progress=False)
+        return measure.evaluate(spec, workdirs, "mnist", x, y, attacks, jax.random.key(0),
+                                batch_size=4, only=only,
+                                store=record.Record(str(tmp_path / cache), "arn", "1",
+                                                    "mnist"),
+                                crafts_root=str(tmp_path / cache),
+                                run_checks=False, progress=False)
     col = lambda cache, s: tmp_path / cache / "arn-table1-mnist" / f"{s}.json"  # noqa: E731
-    out = measure({"none", "apegan_pp", "hgd_pp"}, "c")
+    out = run({"none", "apegan_pp", "hgd_pp"}, "c")
     batches = 2 * len(attacks)
-    on_target = [f for f in calls if f is _net]
+    on_target = [f for f in calls if f == attacked(_net)]
     assert len(on_target) == batches                 # once for all three rows
     assert len(calls) == 3 * batches                 # + each purifier's adaptive run
-    measure({"apegan_pp", "hgd_pp"}, "c2")           # another cache: crafted anew, once
-    assert len([f for f in calls if f is _net]) == batches
+    run({"apegan_pp", "hgd_pp"}, "c2")           # another cache: crafted anew, once
+    assert len([f for f in calls if f == attacked(_net)]) == batches
     col("c", "apegan_pp").unlink()
     col("c", "hgd_pp").unlink()
-    again = measure({"apegan_pp", "hgd_pp"}, "c")    # same root: nothing crafted again
+    again = run({"apegan_pp", "hgd_pp"}, "c")    # same root: nothing crafted again
     assert calls == []
     for s in ("apegan_pp", "hgd_pp"):
         assert again[s]["paper"] == out[s]["paper"]
         assert again[s]["adaptive"] == out[s]["adaptive"]
     (runs / "none" / "results.json").write_text('{"run": "none", "retrained": 1}')
     col("c", "apegan_pp").unlink()
-    measure({"apegan_pp"}, "c")
-    assert len([f for f in calls if f is _net]) == batches
+    run({"apegan_pp"}, "c")
+    assert len([f for f in calls if f == attacked(_net)]) == batches
 
 
 def test_the_crafts_directory_names_what_the_examples_depend_on(tmp_path):
@@ -329,7 +331,7 @@ def test_the_crafts_directory_names_what_the_examples_depend_on(tmp_path):
     assert pgd == tables.get("arn", "1").attacks("mnist", None, None)["pgd"]
 
     def where(attacked=("model", "none"), name="pgd40", params=pgd, key=0, batch=256, ex="e"):
-        return engine.crafts_dir("c", attacked, workdirs, name, params, jax.random.key(key),
+        return stamps.crafts_dir("c", attacked, workdirs, name, params, jax.random.key(key),
                                  batch, ex)
     same = where()
     assert where(name="pgd") == same and os.path.dirname(same) == os.path.join("c", "crafts")
@@ -356,7 +358,7 @@ def test_tables_and_protocols_never_share_a_record(tmp_path):
     x, y, key = np.zeros((4, 4, 4, 1), np.float32), np.arange(4), jax.random.key(0)
     a1 = t1.attacks("mnist", 2, 2, ["pgd_t"])
     assert a1 == t3.attacks("mnist", 2, 2, ["pgd_t"])
-    ids = [engine.identity(t, t.system("apegan_pp"), workdirs, "mnist", x, y, a1, key, 4)
+    ids = [stamps.identity(t, t.system("apegan_pp"), workdirs, "mnist", x, y, a1, key, 4)
            for t in (t1, t3)]
     assert ids[0]["protocol"] != ids[1]["protocol"]
     assert record.stamp(ids[0]) != record.stamp(ids[1])
@@ -365,7 +367,7 @@ def test_tables_and_protocols_never_share_a_record(tmp_path):
 
 
 def _record_setup(tmp_path, monkeypatch):
-    """ARN Table 4's arn_pp row on fake models, real PGD: (measure(store, only), calls)."""
+    """ARN Table 4's arn_pp row on fake models, real PGD: (run(store, only), calls, spec)."""
     import jaxdefense
     from jaxdefense.tables import record
     spec = tables.get("arn", "4")
@@ -389,12 +391,12 @@ def _record_setup(tmp_path, monkeypatch):
         return craft
     monkeypatch.setattr(robustness, "craft_fn", counting)
 
-    def measure(root, only=("arn_pp",)):
-        return engine.evaluate(spec, workdirs, "mnist", x, y, attacks, jax.random.key(0),
-                               batch_size=4, only=set(only), progress=False,
-                               store=record.Record(str(root), "arn", "4", "mnist"),
-                               run_checks=False)
-    return measure, calls, spec
+    def run(root, only=("arn_pp",)):
+        return measure.evaluate(spec, workdirs, "mnist", x, y, attacks, jax.random.key(0),
+                                batch_size=4, only=set(only), progress=False,
+                                store=record.Record(str(root), "arn", "4", "mnist"),
+                                run_checks=False)
+    return run, calls, spec
 
 
 def test_a_stopped_column_resumes_on_a_fresh_copy_of_its_record(tmp_path, monkeypatch):
@@ -403,21 +405,21 @@ def test_a_stopped_column_resumes_on_a_fresh_copy_of_its_record(tmp_path, monkey
     the per-example outcomes of an uninterrupted run."""
     import shutil
     from jaxdefense import preemption
-    measure, calls, _ = _record_setup(tmp_path, monkeypatch)
-    whole = measure(tmp_path / "whole")["arn_pp"]
+    run, calls, _ = _record_setup(tmp_path, monkeypatch)
+    whole = run(tmp_path / "whole")["arn_pp"]
     uninterrupted = len(calls)
     asked = []
     monkeypatch.setattr(preemption, "requested",
                         lambda: asked.append(1) or ("SIGTERM" if len(asked) == 5 else None))
     calls.clear()
     with pytest.raises(preemption.Preempted):
-        measure(tmp_path / "a" / "results")
+        run(tmp_path / "a" / "results")
     before = len(calls)
     assert 0 < before < uninterrupted
     shutil.copytree(tmp_path / "a" / "results", tmp_path / "clone" / "results")
     shutil.rmtree(tmp_path / "a")
     calls.clear()
-    again = measure(tmp_path / "clone" / "results")["arn_pp"]
+    again = run(tmp_path / "clone" / "results")["arn_pp"]
     assert len(calls) == uninterrupted - before      # nothing finished is attacked again
     assert again["per_example"] == whole["per_example"]
     assert again["paper"] == whole["paper"] and again["adaptive"] == whole["adaptive"]
@@ -427,23 +429,23 @@ def test_a_record_of_other_code_is_reused_only_after_its_replay_agrees(tmp_path,
                                                                        recwarn):
     from jaxdefense import files
     from jaxdefense.tables import record
-    measure, calls, spec = _record_setup(tmp_path, monkeypatch)
+    run, calls, spec = _record_setup(tmp_path, monkeypatch)
     root = tmp_path / "results"
-    first = measure(root)["arn_pp"]
+    first = run(root)["arn_pp"]
     store = record.Record(str(root), "arn", "4", "mnist")
     rec = store.read("arn_pp")
     assert rec["column"]["per_example"] == first["per_example"] and rec["wall_s"] >= 0
     assert rec["provenance"]["code"] == files.code_digest() and rec["replay_attacks"]
     calls.clear()
-    assert measure(root)["arn_pp"]["per_example"] == first["per_example"]
+    assert run(root)["arn_pp"]["per_example"] == first["per_example"]
     assert calls == []                                    # same code: taken as it is
     monkeypatch.setattr(files, "code_digest", lambda: "other code")
-    assert measure(root)["arn_pp"]["per_example"] == first["per_example"]
+    assert run(root)["arn_pp"]["per_example"] == first["per_example"]
     assert set(calls) <= set(rec["replay_attacks"]) and calls   # the replay slice only
     replays = store.read("arn_pp")["replays"]
     assert [r["code"] for r in replays] == ["other code"]
     calls.clear()
-    measure(root)
+    run(root)
     assert calls == []                                    # the replayed code is accepted
     # a record whose outcomes this code does not reproduce: stale, then measured again
     rec = store.read("arn_pp")
@@ -453,7 +455,7 @@ def test_a_record_of_other_code_is_reused_only_after_its_replay_agrees(tmp_path,
     store.write("arn_pp", rec)
     monkeypatch.setattr(files, "code_digest", lambda: "third code")
     calls.clear()
-    again = measure(root)["arn_pp"]
+    again = run(root)["arn_pp"]
     assert again["per_example"] == first["per_example"]
     assert len(calls) > len(rec["replay_attacks"])        # measured again
     fresh = store.read("arn_pp")
@@ -462,23 +464,33 @@ def test_a_record_of_other_code_is_reused_only_after_its_replay_agrees(tmp_path,
     with open(store.path("arn_pp"), "w") as f:
         f.write('{"format": 1, "colu')
     calls.clear()
-    measure(root)
+    run(root)
     assert calls and any("damaged" in str(w.message) for w in recwarn)
     assert any(n.startswith("arn_pp.json.corrupt") for n in os.listdir(store.dir))
 
 
 def test_a_record_of_other_settings_is_never_reused_and_nothing_is_lost(tmp_path, monkeypatch):
     from jaxdefense.tables import record
-    measure, calls, spec = _record_setup(tmp_path, monkeypatch)
+    run, calls, spec = _record_setup(tmp_path, monkeypatch)
     root = tmp_path / "results"
-    measure(root)
+    run(root)
     store = record.Record(str(root), "arn", "4", "mnist")
     old = store.read("arn_pp")
     (tmp_path / "runs" / "arn_pp" / "results.json").write_text('{"retrained": 1}')
     calls.clear()
-    measure(root)
+    run(root)
     assert calls                                          # another model: measured again
     new = store.read("arn_pp")
     assert new["stamp"] != old["stamp"]
     kept = os.listdir(os.path.join(store.dir, "superseded"))
     assert kept == [f"arn_pp-{old['stamp'][:16]}.json"]
+
+
+def test_every_protocol_has_one_behaviour():
+    """One table of behaviour per protocol: what the attacks see and what their crafts are
+    shared under both come from it, for every protocol a spec may name."""
+    from jaxdefense.tables.spec import PROTOCOLS
+    assert set(protocols.BEHAVIOUR) == set(PROTOCOLS)
+    for t in tables.TABLES.values():
+        for s in t.systems:
+            assert s.preprocess or s.protocol in protocols.BEHAVIOUR, (t.stem, s.name)

@@ -1,4 +1,5 @@
-"""Papers' tables as data (`spec.Spec`) and the one engine that measures them (`engine`):
+"""Papers' tables as data (`spec.Spec`) and the one engine that measures them
+(`planning`, `protocols`, `stamps`, `measure`, `record`, `rendering`):
 `python -m eval.table --paper=P --table=N`. A new table is a spec plus a line in TABLES."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A paper's table as data: the systems it compares, the runs they need, the attacks, the
 protocol of each system's cells, the metric and the published values.
 
-The engine (`tables.engine`) trains the runs, attacks every system on the same examples
+The engine (`planning`, `protocols`, `measure`, `rendering`) trains the runs, attacks every system on the same examples
 under the paper's protocol and under the adaptive white-box attack, and renders the table
 with the published value beside each measured cell.
 """
