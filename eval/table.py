@@ -37,7 +37,8 @@ from jaxdefense.tables import measure, planning, protocols, record, rendering, s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=("mnist", "cifar10", "cifar100", "digits"))
+    p.add_argument("--dataset", required=True, choices=("mnist", "cifar10", "cifar100", "svhn_cropped",
+                                                    "digits"))
     p.add_argument("--root", default=None,
                    help="one workdir per run under it (default: runs/<stem>)")
     p.add_argument("--smoke", action="store_true",

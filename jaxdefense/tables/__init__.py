@@ -3,10 +3,11 @@
 `python -m eval.table --paper=P --table=N`. A new table is a spec plus a line in TABLES."""
 from __future__ import annotations
 
-from jaxdefense.tables import arn, grfd
+from jaxdefense.tables import arn, fsr, grfd
 
 TABLES = {**{("grfd", n): s for n, s in grfd.TABLES.items()},
-          **{("arn", n): s for n, s in arn.TABLES.items()}}
+          **{("arn", n): s for n, s in arn.TABLES.items()},
+          **{("fsr", n): s for n, s in fsr.TABLES.items()}}
 
 
 def get(paper: str, table: str):

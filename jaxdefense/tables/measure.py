@@ -38,12 +38,22 @@ def _with_avg(spec: Spec, result: dict) -> dict:
     return row
 
 
+def _worst_of_attacks(spec: Spec, report: dict, threat: str):
+    """The per-example worst case over the table's attacks alone (`spec.worst_over`
+    'attacks'), from a report's per-example outcomes; None when no attack ran."""
+    runs = [report["per_example"][f"{threat}/{n}"] for n in spec.attack_order
+            if f"{threat}/{n}" in report["per_example"]]
+    return float(np.logical_and.reduce(runs).mean()) if runs else None
+
+
 def combine(spec: Spec, paper: dict, adaptive: dict) -> dict:
     """The adaptive row from the per-example results of both protocols (`robustness.report`
     with per_example): each attack the per-example worst of its white-box run and its
     papers'-protocol run, the worst case over every attack of both, clean from both."""
     pe_p, pe_a = paper["per_example"], adaptive["per_example"]
     worst = pe_p["clean"] & pe_a["clean"]
+    if spec.worst_over == "attacks":
+        worst = np.ones_like(worst)
     row = {"clean": adaptive["clean"]}
     for name in spec.attack_order:
         runs = [v for pe in (pe_p, pe_a) for k, v in pe.items() if k.endswith("/" + name)]
@@ -171,6 +181,9 @@ def evaluate(spec: Spec, workdirs: dict, dataset: str, x, y, attacks: dict, key,
                                              per_example=True,
                                              crafts=crafts and crafts("adaptive"))
                 wb_row = {"clean": adaptive["clean"], **_with_avg(spec, adaptive["whitebox"])}
+            if spec.worst_over == "attacks":
+                paper_row["worst_case"] = _worst_of_attacks(spec, paper, threat)
+                wb_row["worst_case"] = _worst_of_attacks(spec, adaptive, "whitebox")
             rows = {"paper": paper_row, "adaptive": combine(spec, paper, adaptive),
                     "whitebox_only": wb_row,
                     "per_example": {p: {k2: robustness.bits(v)

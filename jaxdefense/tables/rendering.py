@@ -40,7 +40,7 @@ def _cell(spec: Spec, measured: dict, row: str, paper: dict) -> str:
 
 def _label(spec: Spec, row: str, n: int) -> str:
     label = {"clean": "Clean" if spec.metric == "accuracy" else "None (clean)", "avg": "Avg",
-             "worst_case": "Worst case", **spec.labels}[row]
+             "worst_case": spec.worst_label, **spec.labels}[row]
     if row == "avg":
         label += f" ({n} attack{'s' * (n != 1)})"
     return label

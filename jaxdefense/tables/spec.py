@@ -1,8 +1,8 @@
 """A paper's table as data: the systems it compares, the runs they need, the attacks, the
 protocol of each system's cells, the metric and the published values.
 
-The engine (`planning`, `protocols`, `measure`, `rendering`) trains the runs, attacks every system on the same examples
-under the paper's protocol and under the adaptive white-box attack, and renders the table
+The engine (`planning`, `protocols`, `measure`, `rendering`) trains the runs, attacks every
+system on the same examples under the paper's protocol and under the adaptive white-box attack, and renders the table
 with the published value beside each measured cell.
 """
 from __future__ import annotations
@@ -73,7 +73,9 @@ class Spec:
     'note', 'values': {system: {row: accuracy in [0, 1]}}}. `source`: the undefended run
     (transfer source, the squeezers' model and the purifiers' target). `metric`: how cells
     are shown ('accuracy' or 'error', in %). `systems_as_rows`: ARN's layout (systems down,
-    attacks across) instead of GRFD's. `average`: an Avg row over the attacks."""
+    attacks across) instead of GRFD's. `average`: an Avg row over the attacks.
+    `worst_over`: the per-example worst case over clean and every attack ('all'), or over
+    the attacks only ('attacks': FSR's Ensemble), shown as `worst_label`."""
     paper: str
     table: str
     title: str
@@ -91,6 +93,12 @@ class Spec:
     note: str = ""
     check_pgd: Optional[dict] = None    # the checks' PGD (default: the table's 'pgd')
     preset: Optional[Callable] = None   # dataset -> the attack settings' name (header)
+    worst_over: str = "all"
+    worst_label: str = "Worst case"
+
+    def __post_init__(self):
+        if self.worst_over not in ("all", "attacks"):
+            raise ValueError(f"worst_over must be 'all' or 'attacks', got {self.worst_over!r}")
 
     @property
     def stem(self) -> str:
@@ -98,7 +106,7 @@ class Spec:
         figure: PAPER-figN)."""
         if (self.paper, self.table) == ("grfd", "3"):
             return "table3"
-        return f"{self.paper}-{'table' if self.table.isdigit() else ''}{self.table}"
+        return f"{self.paper}-{'table' if self.table[0].isdigit() else ''}{self.table}"
 
     def system(self, name: str) -> System:
         for s in self.systems:
