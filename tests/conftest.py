@@ -8,15 +8,17 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 
-# XLA's persistent compilation cache for the quick suite's workers (pytest-xdist; not the
-# CLIs they start): a second run compiles only what changed, which is most of its time.
-# A run in one process (`-n 0`, as CI's on a clean clone) writes no cache: it would only
-# pay on a later run, and serializing every executable costs time. JAXDEFENSE_TEST_CACHE=0
-# turns it off; a path moves it (and turns it on for `-n 0` too); `rm -rf .cache` empties
-# it. Kept
-# under 512 MiB (least recently used entries evicted; jax needs `filelock` for that).
-_CACHE = os.environ.get("JAXDEFENSE_TEST_CACHE") or (
-    str(REPO / ".cache" / "jax-tests") if os.environ.get("PYTEST_XDIST_WORKER") else "0")
+# XLA's persistent compilation cache, shared by every test process and the command lines the
+# tests start (`run_env`): the same programs (a digits LeNet-5 step, a table's attacks, a
+# command resumed after a kill) are compiled once per run instead of once per process, and
+# a second run compiles only what changed. JAXDEFENSE_TEST_CACHE=0 turns it off; a path
+# moves it; `rm -rf .cache` empties it. Kept under 512 MiB (least recently used entries
+# evicted; jax needs `filelock` for that). An entry cut short by a killed process is read
+# as a miss (jax warns and compiles).
+_CACHE = os.environ.get("JAXDEFENSE_TEST_CACHE") or str(REPO / ".cache" / "jax-tests")
+_CACHE_ENV = {} if _CACHE == "0" else {
+    "JAX_COMPILATION_CACHE_DIR": _CACHE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1",
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(512 * 2**20)}
 if _CACHE != "0":
     import jax
     jax.config.update("jax_compilation_cache_dir", _CACHE)
@@ -90,12 +92,20 @@ def import_reference(name: str):
         reference_missing(f"reference module {name!r} not importable ({e})")
 
 
-def run_env(devices: int = 1) -> dict:
+def run_env(devices: int = 1, cache: bool = True) -> dict:
+    """The environment of a command line a test starts: `devices` host devices, this
+    checkout on the path, the tests' compilation cache unless `cache` is False (runs whose
+    timing the test relies on: a warm cache would change how long they take)."""
     env = dict(os.environ)
     if _MALLOC_SET_HERE:
         env.pop("JAXDEFENSE_KEEP_FREED_MEMORY")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = str(REPO)
+    if cache:
+        env.update(_CACHE_ENV)
+    else:
+        for k in _CACHE_ENV:
+            env.pop(k, None)
     return env
 
 

@@ -59,6 +59,8 @@ def test_runs_are_each_method_with_and_without_the_module(tmp_path):
         assert got == {(m, f, classifier) for m in ("at", "trades", "mart")
                        for f in (False, True)}
         assert all(p.defense == "fsr" for p in planned.values())
+    one, two = (set(tables.get("fsr", n).runs) for n in ("1", "2"))
+    assert not one & two          # other models: their own runs in one root and record
 
 
 def test_ensemble_is_the_worst_case_over_the_attacks_alone():

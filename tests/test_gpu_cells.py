@@ -33,15 +33,14 @@ def test_the_budget_stops_a_step_resumably_and_bad_steps_are_refused(capsys):
 
 
 @pytest.mark.slow
-def test_smoke_fills_the_arn_and_diffpure_records_on_cpu(tmp_path, capsys):
+def test_smoke_fills_the_arn_record_on_cpu(tmp_path, capsys):
+    """The first step at smoke size (the DiffPure step is eval.table3's command, which the
+    digits table smoke runs with its DiffPure column)."""
     cells = _script()
     out = tmp_path / "cells"
-    assert cells.main(["--smoke", f"--out={out}", "--steps=arn-table1,diffpure",
+    assert cells.main(["--smoke", f"--out={out}", "--steps=arn-table1",
                        "--budget_s=1500"]) == 0
-    printed = capsys.readouterr().out
-    assert "arn-table1: exit 0" in printed and "diffpure: exit 0" in printed
+    assert "arn-table1: exit 0" in capsys.readouterr().out
     arn = json.loads((out / "record" / "arn-table1-digits" / "arn_pp.json").read_text())
     assert arn["identity"]["system"] == "arn_pp" and arn["column"]["status"] == "measured"
-    dp = json.loads((out / "record" / "grfd-table3-digits" / "diffpure.json").read_text())
-    assert dp["column"]["eval_draws"] == 2
     assert (out / "record" / "models" / "arn-digits" / "arn_pp" / "model.json").exists()

@@ -35,7 +35,8 @@ print("finished", flush=True)
 
 
 def _start(args, workdir):
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=run_env(1),
+    # no compilation cache: the kill moments are drawn from an uncached run's duration
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=run_env(1, cache=False),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -21,8 +21,9 @@ from jaxdefense.attacks.presets import get_preset
 from jaxdefense.tables.spec import Spec, System, run
 
 DATASETS = ("cifar10", "svhn_cropped")
-SOURCE = "at"
-ARCHS = {"1": ("resnet18", "ResNet-18"), "2": ("vgg16_bn", "VGG16")}
+# table -> (classifier, the paper's name, the runs' prefix: the two tables' runs are other
+# models and live side by side in one root and one record)
+ARCHS = {"1": ("resnet18", "ResNet-18", ""), "2": ("vgg16_bn", "VGG16", "vgg16_")}
 METHODS = (("at", "AT"), ("trades", "TRADES"), ("mart", "MART"))
 LABELS = {"fgsm": "FGSM", "pgd": "PGD-20", "pgd100": "PGD-100", "cw": "CW"}
 PUBLISHED = {"clean": "Natural", "fgsm": "FGSM", "pgd": "PGD-20", "pgd100": "PGD-100",
@@ -30,14 +31,14 @@ PUBLISHED = {"clean": "Natural", "fgsm": "FGSM", "pgd": "PGD-20", "pgd100": "PGD
 DATASET_NAMES = {"cifar10": "CIFAR-10", "svhn_cropped": "SVHN"}
 
 
-def _systems() -> tuple:
-    return tuple(System(f"{m}{suffix}", f"{label}{plus}", f"{m}{suffix}", "whitebox")
+def _systems(prefix: str = "") -> tuple:
+    return tuple(System(f"{m}{suffix}", f"{label}{plus}", f"{prefix}{m}{suffix}", "whitebox")
                  for m, label in METHODS for suffix, plus in (("", ""), ("_fsr", "+FSR")))
 
 
-def _runs(classifier: str) -> dict:
-    return {f"{m}{suffix}": run("fsr", all=dict(method=m, fsr=suffix == "_fsr",
-                                                classifier=classifier))
+def _runs(classifier: str, prefix: str) -> dict:
+    return {f"{prefix}{m}{suffix}": run("fsr", all=dict(method=m, fsr=suffix == "_fsr",
+                                                         classifier=classifier))
             for m, _ in METHODS for suffix in ("", "_fsr")}
 
 
@@ -92,11 +93,11 @@ def _published(table: str):
 
 
 def _spec(table: str, last: bool = False) -> Spec:
-    classifier, model = ARCHS[table]
+    classifier, model, prefix = ARCHS[table]
     return Spec(paper="fsr", table=table + ("-last" if last else ""),
                 title=f"FSR Table {table} (white-box, {model}"
-                      f"{', PGD last iterate' if last else ''})", systems=_systems(),
-                runs=_runs(classifier), source=SOURCE, attack_order=tuple(LABELS),
+                      f"{', PGD last iterate' if last else ''})", systems=_systems(prefix),
+                runs=_runs(classifier, prefix), source=f"{prefix}at", attack_order=tuple(LABELS),
                 labels=LABELS, attacks=_attacks(last), published=_published(table),
                 datasets=DATASETS, systems_as_rows=True, average=False,
                 worst_over="attacks", worst_label="Ensemble",

@@ -41,7 +41,7 @@ REPLAY_ATTACKS = ("fgsm", "pgd")    # preferred replay attacks: the cheapest gra
 
 def name(paper: str, table: str, dataset: str) -> str:
     """A table's record folder: 'grfd-table3-mnist', 'grfd-fig4a-mnist'."""
-    return f"{paper}-{'table' if str(table).isdigit() else ''}{table}-{dataset}"
+    return f"{paper}-{'table' if str(table)[0].isdigit() else ''}{table}-{dataset}"
 
 
 def stamp(identity: dict) -> str:
