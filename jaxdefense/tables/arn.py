@@ -26,7 +26,7 @@ import json
 from importlib import resources
 
 from jaxdefense import robustness
-from jaxdefense.tables.spec import Spec, System, run
+from jaxdefense.tables.spec import Spec, System, chosen_attacks, run
 
 DATASETS = ("mnist", "digits")
 SOURCE = "none"
@@ -113,15 +113,8 @@ def _attacks(table: dict):
                 names=None) -> dict:
         """The table's attacks in order (`names` only), capped at `max_steps` iterations
         (and search rounds at 2), each with the EOT draws of randomized systems."""
-        names = tuple(table) if names is None else tuple(names)
-        unknown = set(names) - set(table)
-        if unknown or not names:
-            raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {list(table)}"
-                             if unknown else "no attack chosen")
         out = {}
-        for name in table:
-            if name not in names:
-                continue
+        for name in chosen_attacks(table, names):
             params = dict(table[name], eot_samples=eot_samples or robustness.EOT_SAMPLES)
             if max_steps is not None:
                 for k in ("steps", "max_iterations"):

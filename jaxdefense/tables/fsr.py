@@ -18,7 +18,7 @@ import json
 from importlib import resources
 
 from jaxdefense.attacks.presets import get_preset
-from jaxdefense.tables.spec import Spec, System, run
+from jaxdefense.tables.spec import Spec, System, chosen_attacks, run
 
 DATASETS = ("cifar10", "svhn_cropped")
 # table -> (classifier, the paper's name, the runs' prefix: the two tables' runs are other
@@ -48,27 +48,11 @@ def _attacks(last: bool):
         """The `fsr` preset's four attacks in the paper's order (`names` only), capped at
         `max_steps` iterations, PGD's last iterate with `last`; the models are
         deterministic, so `eot_samples` is unused."""
-        return _chosen(last, max_steps, names)
+        preset = get_preset("fsr", max_steps)
+        return {name: dict(preset[name], **({"return_last": True}
+                                             if last and "steps" in preset[name] else {}))
+                for name in chosen_attacks(LABELS, names)}
     return attacks
-
-
-def _chosen(last: bool, max_steps, names) -> dict:
-    table = get_preset("fsr")
-    names = tuple(LABELS) if names is None else tuple(names)
-    unknown = set(names) - set(LABELS)
-    if unknown or not names:
-        raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {list(LABELS)}"
-                         if unknown else "no attack chosen")
-    out = {}
-    for name in LABELS:
-        if name in names:
-            params = dict(table[name])
-            if max_steps is not None and "steps" in params:
-                params["steps"] = min(params["steps"], max_steps)
-            if last and "steps" in params:
-                params["return_last"] = True
-            out[name] = params
-    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ from importlib import resources
 
 from jaxdefense import robustness
 from jaxdefense.attacks.presets import get_preset, preset_for
-from jaxdefense.tables.spec import Run, Spec, System, run
+from jaxdefense.tables.spec import Run, Spec, System, chosen_attacks, run
 
 ATTACK_ORDER = ("fgsm", "pgd", "autoattack", "eotpgd", "vmifgsm")
 ATTACK_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "autoattack": "AA", "eotpgd": "EOT-PGD",
@@ -54,15 +54,11 @@ def attacks(dataset: str, max_steps: int | None, eot_samples: int | None,
     """The dataset's GRFD preset in the table's order, `names` (default: all five) only.
     Every entry carries the EOT draws it uses on a randomized column (`eot_samples`,
     default `robustness.EOT_SAMPLES`); deterministic columns drop them."""
-    names = ATTACK_ORDER if names is None else tuple(names)
-    unknown = set(names) - set(ATTACK_ORDER)
-    if unknown or not names:
-        raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {list(ATTACK_ORDER)}"
-                         if unknown else "no attack chosen")
+    names = chosen_attacks(ATTACK_ORDER, names)
     preset = get_preset(preset_for(dataset), max_steps)
     for params in preset.values():
         params["eot_samples"] = eot_samples or robustness.EOT_SAMPLES
-    return {k: preset[k] for k in ATTACK_ORDER if k in names}
+    return {k: preset[k] for k in names}
 
 
 @functools.lru_cache(maxsize=1)

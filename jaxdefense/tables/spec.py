@@ -21,6 +21,17 @@ PROTOCOLS = {
 }
 
 
+def chosen_attacks(order, names=None) -> tuple:
+    """The attacks of a table's `order` that `names` picks (default: all), in table order;
+    ValueError naming the unknown ones, or when none is chosen."""
+    names = tuple(order) if names is None else tuple(names)
+    unknown = set(names) - set(order)
+    if unknown or not names:
+        raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {list(order)}"
+                         if unknown else "no attack chosen")
+    return tuple(n for n in order if n in names)
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """A training run under the table's root: a registered defense and the training fields
